@@ -1,0 +1,5 @@
+import sys
+
+from mambamim.cli import main
+
+sys.exit(main())

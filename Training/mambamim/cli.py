@@ -1,0 +1,38 @@
+"""`mambamim` command line: one sub-command per module in `mambamim.commands`.
+
+Each command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Command modules import only argparse-level code at top level (heavy imports live inside ``run``),
+so building the parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = ("info", "pretrain", "finetune", "evaluate", "package", "segment", "reconstruct")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mambamim import __version__
+
+    parser = argparse.ArgumentParser(prog="mambamim", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mambamim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"mambamim.commands.{name}")
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130

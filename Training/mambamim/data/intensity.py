@@ -1,0 +1,53 @@
+"""Intensity normalisation shared by training (MONAI pipelines) and inference (model card).
+
+A spec is a small JSON-able dict stored in configs and model cards, so the exact same mapping runs
+at training and at inference time:
+
+- ``{"type": "window", "lower": -175.0, "upper": 250.0}``: clip to [lower, upper], scale to [0, 1]
+  (the MambaMIM / Swin UNETR CT recipe).
+- ``{"type": "zscore"}``: per-volume z-score over voxels != 0 (MRI; background stays 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+CT_WINDOW: dict[str, Any] = {"type": "window", "lower": -175.0, "upper": 250.0}
+MR_ZSCORE: dict[str, Any] = {"type": "zscore"}
+
+
+def validate_intensity_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Return a normalised copy of ``spec`` or raise ``ValueError`` saying what is wrong."""
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"intensity spec must be a dict with a 'type' key, got {spec!r}")
+    kind = spec["type"]
+    if kind == "window":
+        try:
+            lower, upper = float(spec["lower"]), float(spec["upper"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"window spec needs numeric 'lower' and 'upper', got {spec!r}") from None
+        if not upper > lower:
+            raise ValueError(f"window intensity spec needs upper > lower, got lower={lower}, upper={upper}")
+        return {"type": "window", "lower": lower, "upper": upper}
+    if kind == "zscore":
+        return {"type": "zscore"}
+    raise ValueError(f"unknown intensity spec type {kind!r}; valid types: 'window', 'zscore'")
+
+
+def normalize_intensity(volume: np.ndarray | torch.Tensor, spec: dict[str, Any]) -> np.ndarray | torch.Tensor:
+    """Apply ``spec`` to ``volume`` (any shape); returns float32 of the same kind (numpy or torch)."""
+    spec = validate_intensity_spec(spec)
+    is_numpy = isinstance(volume, np.ndarray)
+    x = torch.as_tensor(volume).to(torch.float32)
+    if spec["type"] == "window":
+        lower, upper = spec["lower"], spec["upper"]
+        out = (x.clamp(lower, upper) - lower) / (upper - lower)
+    else:
+        foreground = x != 0
+        values = x[foreground] if bool(foreground.any()) else x.reshape(-1)
+        mean, std = values.mean(), values.std(unbiased=False)
+        out = torch.where(foreground, (x - mean) / std.clamp_min(1e-6), torch.zeros_like(x))
+    return out.numpy() if is_numpy else out
