@@ -1,0 +1,23 @@
+"""Qt-free logic of the MambaMIM Segmenter Slicer module (usable from the Python console and scripts)."""
+
+from .logic import EngineJob, MambaMIMSegmenterLogic, defaultCacheDir, resourcePath
+from .progress import JsonLinesParser, ProgressEvent
+from .registry import ModelEntry, ModelRegistry, RegistryError
+from .runner import EngineCancelled, EngineError, ProcessRunner
+from .volumeio import InputError
+
+__all__ = [
+    "EngineCancelled",
+    "EngineError",
+    "EngineJob",
+    "InputError",
+    "JsonLinesParser",
+    "MambaMIMSegmenterLogic",
+    "ModelEntry",
+    "ModelRegistry",
+    "ProcessRunner",
+    "ProgressEvent",
+    "RegistryError",
+    "defaultCacheDir",
+    "resourcePath",
+]

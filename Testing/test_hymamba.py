@@ -1,0 +1,230 @@
+"""HyMamba (MambaMIM §3.1): structure, shapes, gradients, masking guarantee, parameter count, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mambamim.nn import build_model
+from mambamim.nn.blocks import ResidualConvBlock, UpBlock, upsample_transposed
+from mambamim.nn.hymamba import HyMamba, HyMambaEncoder, MedNeXtBlock
+from mambamim.nn.vision_mamba import VisionMambaStage, sincos_position_embedding_3d
+
+TINY = dict(
+    channels=(4, 8, 8, 12, 12),
+    blocks=(1, 1, 2, 1, 1),
+    expansion=(2, 2, 2, 2, 2),
+    mamba_depth=2,
+    d_state=4,
+    out_channels=3,
+)
+
+
+def _assert_all_grads(model: torch.nn.Module) -> None:
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient reached {missing}"
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients in {bad}"
+
+
+@pytest.mark.parametrize(("scan_order", "bidirectional"), [("raster", False), ("hilbert", True)])
+def test_tiny_forward_on_odd_size_and_backward_reaches_every_parameter(scan_order, bidirectional):
+    model = HyMamba(in_channels=2, scan_order=scan_order, bidirectional=bidirectional, **TINY)
+    x = torch.randn(2, 2, 32, 48, 64)
+    logits = model(x)
+    assert logits.shape == (2, 3, 32, 48, 64)
+    assert logits.is_contiguous()
+    F.cross_entropy(logits, torch.randint(0, 3, (2, 32, 48, 64))).backward()
+    _assert_all_grads(model)
+
+
+def test_encoder_feature_pyramid_and_module_structure():
+    enc = HyMambaEncoder(in_channels=1, **{k: v for k, v in TINY.items() if k != "out_channels"})
+    feats = enc(torch.randn(1, 1, 16, 32, 48))
+    assert [tuple(f.shape) for f in feats] == [
+        (1, 4, 16, 32, 48), (1, 8, 8, 16, 24), (1, 8, 4, 8, 12), (1, 12, 2, 4, 6), (1, 12, 1, 2, 3)
+    ]  # fmt: skip
+    assert len(enc.stages) == 5 and [len(s) for s in enc.stages] == [1, 1, 2, 1, 1]
+    assert len(enc.downsamples) == 4
+    assert isinstance(enc.downsamples[0].pool, torch.nn.MaxPool3d)
+    assert enc.downsamples[2].conv.in_channels == 8 and enc.downsamples[2].conv.out_channels == 12
+    assert isinstance(enc.mamba, VisionMambaStage) and len(enc.mamba.layers) == 2
+
+
+def test_encoder_follows_the_documented_dataflow():
+    """f = stem(x); f = downsamples[i-1](f); f = stages[i](f); f4 = mamba(f4) — reproduced by hand."""
+    enc = HyMambaEncoder(**{k: v for k, v in TINY.items() if k != "out_channels"}).eval()
+    x = torch.randn(1, 1, 16, 16, 32)
+    with torch.no_grad():
+        f = enc.stem(x)
+        expected = []
+        for i, stage in enumerate(enc.stages):
+            if i:
+                f = enc.downsamples[i - 1].conv(enc.downsamples[i - 1].pool(f))
+            for block in stage:
+                f = block(f)
+            expected.append(f)
+        expected[-1] = enc.mamba(expected[-1])
+        for got, want in zip(enc(x), expected):
+            torch.testing.assert_close(got, want)
+
+
+def test_hymamba_state_dict_splits_encoder_and_decoder():
+    keys = list(HyMamba(**TINY).state_dict())
+    enc_keys = [k for k in keys if k.startswith("encoder.")]
+    assert {k[len("encoder.") :] for k in enc_keys} == set(HyMambaEncoder(**{
+        k: v for k, v in TINY.items() if k != "out_channels"}).state_dict())  # fmt: skip
+    assert "encoder.mamba.layers.0.mixer.A_log" in keys
+    assert any(k.startswith("up_blocks.") for k in keys) and any(k.startswith("skip_blocks.") for k in keys)
+    assert not any("pos" in k or "cache" in k for k in keys)  # position embedding is not a weight
+
+
+def test_mednext_block_matches_conv_reference():
+    """pw1/pw2 are Linear layers on the channels-last view: equal to 1³ convs with the same weights."""
+    block = MedNeXtBlock(6, 3, kernel_size=3).double()
+    x = torch.randn(2, 6, 5, 4, 7, dtype=torch.double)
+    y = block.dwconv(x)
+    y = y.permute(0, 2, 3, 4, 1)
+    y = F.layer_norm(y, (6,), block.norm.weight, block.norm.bias, eps=1e-6).permute(0, 4, 1, 2, 3)
+    y = F.conv3d(y, block.pw1.weight[..., None, None, None], block.pw1.bias)
+    y = F.conv3d(F.gelu(y), block.pw2.weight[..., None, None, None], block.pw2.bias)
+    torch.testing.assert_close(block(x), x + y)
+    cl = x.contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(block(cl), x + y)
+
+
+def test_mednext_block_never_leaks_masked_voxels():
+    torch.manual_seed(1)
+    block = MedNeXtBlock(5, 2, kernel_size=3)
+    mask = (torch.rand(1, 1, 6, 6, 6) > 0.6).float()
+    x = torch.randn(1, 5, 6, 6, 6)
+    other = x + 100 * torch.randn_like(x) * (1 - mask)  # differs only where masked
+    with torch.no_grad():
+        a = mask * block(mask * x)
+        b = mask * block(mask * other)
+    torch.testing.assert_close(a, b)
+
+
+def test_vision_mamba_stage_orders_tokens_and_puts_them_back():
+    stage = VisionMambaStage(12, depth=1, d_state=4, scan_order="hilbert").eval()
+    x = torch.randn(2, 12, 2, 3, 4)
+    with torch.no_grad():
+        out = stage(x)
+        seq = x.flatten(2).transpose(1, 2) + stage.position_embedding((2, 3, 4), x.device, x.dtype)
+        perm, inverse = stage.scan_order((2, 3, 4), x.device)
+        ref = stage.forward_sequence(seq[:, perm])[:, inverse].transpose(1, 2).reshape(x.shape)
+    torch.testing.assert_close(out, ref)
+    raster = VisionMambaStage(12, depth=1, d_state=4, scan_order="raster").eval()
+    raster.load_state_dict(stage.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(raster(x), out)  # the order matters to a causal scan
+
+
+def test_vision_mamba_stage_returns_intermediate_layers():
+    stage = VisionMambaStage(12, depth=3, d_state=4, scan_order="zigzag").eval()
+    x = torch.randn(1, 12, 2, 2, 2)
+    with torch.no_grad():
+        out, taken = stage(x, return_layers=(1, 3))
+        torch.testing.assert_close(out, stage(x))
+    assert len(taken) == 2 and all(t.shape == x.shape for t in taken)
+    with pytest.raises(ValueError, match="return_layers"):
+        stage(x, return_layers=(4,))
+
+
+def test_position_embedding_is_fixed_sincos_in_raster_order():
+    emb = sincos_position_embedding_3d((2, 3, 4), 6)  # one frequency (1.0) per axis
+    assert emb.shape == (24, 6)
+    # token (d=1, h=2, w=3) is raster index 1*12 + 2*4 + 3 = 23
+    t = torch.tensor([1.0, 2.0, 3.0])
+    torch.testing.assert_close(emb[23], torch.stack([t.sin(), t.cos()], dim=1).flatten())
+    assert sincos_position_embedding_3d((2, 3, 4), 12).shape == (24, 12)
+    padded = sincos_position_embedding_3d((2, 2, 2), 8)
+    assert torch.all(padded[:, 6:] == 0)
+    with pytest.raises(ValueError, match="dim"):
+        sincos_position_embedding_3d((2, 2, 2), 4)
+
+
+def _mamba_params(d: int, d_state: int, d_conv: int, expand: int) -> int:
+    di, r = expand * d, math.ceil(d / 16)
+    return d * 2 * di + di * d_conv + di + di * (r + 2 * d_state) + r * di + di + di * d_state + di + di * d
+
+
+def _expected_hymamba_params(
+    in_ch=1, out_ch=14, ch=(32, 64, 128, 192, 384), blocks=(1, 2, 2, 2, 1), exp=(2, 2, 4, 4, 4), k=3,
+    depth=4, d_state=16, d_conv=4, expand=2, mlp_ratio=2.0,
+) -> int:  # fmt: skip
+    conv = lambda i, o, kk, bias=True: i * o * kk**3 + (o if bias else 0)  # noqa: E731
+    mednext = lambda c, r: c * k**3 + c + 2 * c + (c * r * c + r * c) + (r * c * c + c)  # noqa: E731
+    n = conv(in_ch, ch[0], 3)
+    n += sum(b * mednext(c, r) for c, b, r in zip(ch, blocks, exp))
+    n += sum(conv(ch[i], ch[i + 1], 3) for i in range(4))
+    d, hidden = ch[-1], int(ch[-1] * mlp_ratio)
+    layer = 2 * d + _mamba_params(d, d_state, d_conv, expand) + 2 * d + (d * hidden + hidden + hidden * d + d)
+    n += depth * layer + 2 * d
+
+    # decoder: residual blocks (2 bias-free convs + 2 GroupNorms, 1³ conv + norm shortcut if widths differ)
+    def res(i, o):
+        return conv(i, o, 3, False) + conv(o, o, 3, False) + 4 * o + ((i * o + 2 * o) if i != o else 0)
+
+    n += sum(res(c, c) for c in ch[:4])
+    n += sum(ch[i + 1] * ch[i] * 8 + res(2 * ch[i], ch[i]) for i in range(4))
+    n += conv(ch[0], out_ch, 1)
+    return n
+
+
+def test_default_parameter_count_matches_architecture_arithmetic():
+    model = build_model("hymamba")
+    count = sum(p.numel() for p in model.parameters())
+    expected = _expected_hymamba_params()
+    assert abs(count - expected) / expected < 0.02, (count, expected)
+    assert 15e6 < count < 45e6
+
+
+def test_bad_inputs_are_rejected_with_clear_messages():
+    model = HyMamba(**TINY)
+    with pytest.raises(ValueError, match="in_channels=1"):
+        model(torch.randn(1, 2, 16, 16, 16))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        model(torch.randn(1, 1, 16, 24, 16))
+    with pytest.raises(ValueError, match=r"\(B, C, D, H, W\)"):
+        model(torch.randn(1, 16, 16, 16))
+    with pytest.raises(ValueError, match=r"scan_order.*hilbert"):
+        HyMamba(scan_order="diagonal", **TINY)
+    with pytest.raises(ValueError, match="same length"):
+        HyMamba(channels=(4, 8, 8), blocks=(1, 1), expansion=(2, 2, 2))
+    with pytest.raises(ValueError, match="norm"):
+        HyMamba(norm="group", **TINY)
+
+
+def test_in_place_residual_adds_keep_gradients_exact():
+    """MedNeXt and residual conv blocks add their shortcut in place; gradcheck proves autograd agrees."""
+    torch.manual_seed(2)
+    mednext = MedNeXtBlock(3, 2).double()
+    res = ResidualConvBlock(3, 4, norm="instance").double()
+    x = torch.randn(1, 3, 2, 3, 2, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: res(mednext(t)), (x,), fast_mode=True)
+
+
+def test_transposed_upsampling_matches_conv_transpose():
+    up = UpBlock(6, 2, 3).double()
+    x = torch.randn(2, 6, 2, 3, 2, dtype=torch.double, requires_grad=True)
+    w = up.upsample.weight.detach().clone().requires_grad_(True)
+    ours = upsample_transposed(x, w, None)
+    ref = F.conv_transpose3d(x, w, stride=2)
+    torch.testing.assert_close(ours, ref)
+    assert ours.is_contiguous(memory_format=torch.channels_last_3d)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, (x, w), g), torch.autograd.grad(ref, (x, w), g))
+
+
+def test_residual_block_pointwise_shortcut_equals_its_conv():
+    block = ResidualConvBlock(3, 5).double().eval()
+    x = torch.randn(2, 3, 4, 3, 5, dtype=torch.double)
+    conv, norm = block.shortcut
+    y = block.norm2(block.conv2(block.act(block.norm1(block.conv1(x)))))
+    expected = F.leaky_relu(y + norm(conv(x)), 0.01)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected)
+        torch.testing.assert_close(block(x.contiguous(memory_format=torch.channels_last_3d)), expected)

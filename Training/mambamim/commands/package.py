@@ -1,0 +1,150 @@
+"""`mambamim package`: build a model package (weights + model card) from a fine-tuning checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "build a model package (weights.safetensors + model.json) from a fine-tuning checkpoint"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="fine-tuning checkpoint (mambamim-finetune)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="package folder to create")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help='label JSON: {"1": "spleen"} or [{"value", "name", "color", "snomed"}] (default: checkpoint)',
+    )
+    parser.add_argument("--name", default=None, help="package name (default: the output folder's name)")
+    parser.add_argument("--version", default="1.0.0", help="package version")
+    parser.add_argument("--modality", choices=("CT", "MR"), default=None, help="default: checkpoint, else CT")
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="target spacing in mm (default: checkpoint, else 1.5 1.5 1.5)",
+    )
+    parser.add_argument(
+        "--intensity",
+        default=None,
+        help='intensity spec as JSON, e.g. \'{"type": "window", "lower": -175, "upper": 250}\', '
+        "or 'ct' / 'mr' (default: checkpoint, else by modality)",
+    )
+    parser.add_argument(
+        "--roi-size",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="sliding-window ROI (default: checkpoint crop size, else 96 96 96)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=float,
+        default=None,
+        help="default sliding-window overlap (default: checkpoint, else 0.5)",
+    )
+    parser.add_argument("--license", default=None, help="licence of the weights (default: checkpoint)")
+    parser.add_argument("--training-data", default=None, help="description of the training data")
+    parser.add_argument("--description", default="", help="one-paragraph description of the model")
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=None,
+        help="JSON file of validation metrics (default: the checkpoint's, if any)",
+    )
+    parser.add_argument("--zip", action="store_true", help="also write <out>.zip")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing package")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from mambamim.infer.package import PackageError
+
+    try:
+        path = _build(args)
+    except (ValueError, OSError, PackageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote model package {path}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> Path:
+    import json
+
+    from mambamim.data.intensity import CT_WINDOW, MR_ZSCORE
+    from mambamim.engine.checkpoint import load_checkpoint
+    from mambamim.infer.package import make_card, save_package, write_zip
+
+    payload = load_checkpoint(args.checkpoint, expected_format="mambamim-finetune")
+    config = payload.get("config") or {}
+    if not config.get("model_name") or "model" not in payload:
+        raise ValueError(f"checkpoint {args.checkpoint} lacks config.model_name or the model state dict")
+    # Fine-tuning stores its settings under config.training; flags given here take precedence.
+    training = {**config, **(config.get("training") or {})}
+
+    def json_arg(value, what: str):
+        """JSON from a file path, or the argument itself as inline JSON."""
+        text = str(value)
+        try:
+            if Path(text).is_file():
+                text = Path(text).read_text()
+        except OSError:  # an inline JSON string too long to be a file name
+            pass
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{what} {value}: not valid JSON ({err})") from None
+
+    labels = json_arg(args.labels, "--labels") if args.labels is not None else training.get("labels")
+    if not labels:
+        raise ValueError(f"checkpoint {args.checkpoint} has no label table; pass --labels")
+    modality = args.modality or training.get("modality", "CT")
+    if args.intensity in ("ct", "mr"):
+        intensity = dict(CT_WINDOW if args.intensity == "ct" else MR_ZSCORE)
+    elif args.intensity is not None:
+        intensity = json_arg(args.intensity, "--intensity")
+    else:
+        intensity = training.get("intensity") or dict(CT_WINDOW if modality == "CT" else MR_ZSCORE)
+    roi = args.roi_size or training.get("roi_size") or int(training.get("roi", 96))
+    if isinstance(roi, int):
+        roi = [roi] * 3
+    if args.metrics is not None:
+        metrics = json_arg(args.metrics, "--metrics")
+    else:
+        metrics = training.get("metrics") or (payload.get("extra") or {}).get("metrics") or {}
+    card = make_card(
+        name=args.name or args.out.name,
+        labels=labels,
+        modality=modality,
+        spacing=args.spacing or training.get("spacing") or [1.5, 1.5, 1.5],
+        intensity=intensity,
+        roi_size=roi,
+        overlap=args.overlap if args.overlap is not None else float(training.get("overlap", 0.5)),
+        version=args.version,
+        license=args.license or training.get("license") or "unspecified",
+        training_data=args.training_data or training.get("training_data") or "",
+        metrics=metrics,
+        description=args.description,
+    )
+    # DDP checkpoints prefix every key with "module."; packages hold the bare network's names.
+    state = {k.removeprefix("module."): v for k, v in payload["model"].items()}
+    path = save_package(
+        args.out,
+        model_name=config["model_name"],
+        model_config=config.get("model_config") or {},
+        state_dict=state,
+        card=card,
+        overwrite=args.overwrite,
+    )
+    if args.zip:
+        write_zip(path, path.with_name(path.name + ".zip"), overwrite=args.overwrite)
+    return path

@@ -1,0 +1,457 @@
+"""Supervised fine-tuning of any zoo network (optionally from a MambaMIM encoder) and packaging.
+
+Recipe (Swin UNETR BTCV / MambaMIM §4.1): 96³ crops with a 1:1 positive/negative ratio, 4 crops per
+volume, flips / rotate90 / intensity scale and shift, Dice + cross-entropy, AdamW 1e-4, sliding-window
+validation (overlap 0.5) with per-class Dice, best checkpoint kept. Writes into the output folder
+``last.pt``, ``best.pt``, ``config.json``, the CSV logs and, at the end, a model package (``package/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.data import list_data_collate
+from torch import nn
+
+from mambamim.data.dataset import EpochSampler, VolumeDataset
+from mambamim.data.intensity import CT_WINDOW, validate_intensity_spec
+from mambamim.data.sources import has_list, kfold_split, load_dataset_json, load_label_table, paired_folders
+from mambamim.data.transforms import finetune_transforms, validation_transforms
+from mambamim.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mambamim.engine.distributed import (
+    DistributedContext,
+    init_distributed,
+    shutdown_distributed,
+    wrap_model,
+)
+from mambamim.engine.loop import LoopState, TrainingLoop
+from mambamim.engine.monitor import TrainingMonitor
+from mambamim.engine.schedule import build_optimizer, build_scheduler, frozen_until, warmup_cosine
+from mambamim.engine.setup import (
+    apply_preset,
+    config_to_dict,
+    crops_per_volume_check,
+    load_model_state,
+    load_resume,
+    prepare_output_dir,
+    resolve_resume,
+    seed_everything,
+    stderr_report,
+    write_json_atomic,
+)
+
+FINETUNE_FORMAT = "mambamim-finetune"
+FORMAT_VERSION = 1
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # 96³, 4 crops/volume (1:1 pos/neg), batch 1 volume, AdamW 1e-4, validation overlap 0.5.
+    "paper": {"roi": 96, "num_samples": 4, "batch": 4, "lr": 1e-4, "epochs": 1000},
+    # CPU smoke runs: a tiny HyMamba on 32³ crops at 3 mm.
+    "tiny": {
+        "model": {
+            "channels": [8, 16, 16, 24, 32], "blocks": [1, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
+            "mamba_depth": 1, "d_state": 4,
+        },
+        "roi": 32, "num_samples": 2, "batch": 2, "epochs": 2, "lr": 2e-3, "spacing": [3.0, 3.0, 3.0],
+        "workers": 0, "sw_batch": 8,
+    },
+}  # fmt: skip
+
+
+@dataclass
+class FinetuneConfig:
+    """Every setting of a fine-tuning run (stored in checkpoints; ``--resume`` reuses it)."""
+
+    data: str = ""  # dataset.json, or an image folder paired with labels_dir
+    labels_dir: str = ""
+    label_names: str = ""  # JSON label table; default: the dataset.json's "labels"
+    preset: str = "paper"
+    model_name: str = "hymamba"
+    model: dict[str, Any] = field(default_factory=dict)  # constructor overrides (out_channels is derived)
+    pretrained: str = ""
+    freeze_encoder_epochs: int = 0
+    roi: int = 96
+    num_samples: int = 4
+    batch: int = 4  # crops per optimiser step and process
+    epochs: int = 1000
+    val_every: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    warmup_epochs: float = 0.0
+    min_lr_factor: float = 0.0
+    grad_clip: float = 1.0
+    folds: int = 5
+    fold: int = 0
+    split: str = "auto"  # "auto": the dataset's own validation list if it has one, else K-fold
+    spacing: list[float] = field(default_factory=lambda: [1.5, 1.5, 1.5])
+    intensity: dict[str, Any] = field(default_factory=lambda: dict(CT_WINDOW))
+    modality: str = "CT"
+    overlap: float = 0.5
+    sw_batch: int = 4
+    workers: int = 4
+    seed: int = 0
+    amp: bool = True
+    cache: bool = True
+    package_name: str = ""
+    training_data: str = ""  # description for the model card
+    license: str = "unspecified"
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError("no training data given (a dataset.json, or an image folder with --labels-dir)")
+        if self.epochs < 1 or self.lr <= 0 or self.val_every < 1:
+            raise ValueError("--epochs and --val-every must be >= 1 and --lr > 0")
+        if self.roi < 1 or len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"bad --crop-size {self.roi} or --spacing {self.spacing}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if self.modality not in ("CT", "MR"):
+            raise ValueError(f"--modality must be CT or MR, got {self.modality!r}")
+        if self.split not in ("auto", "kfold"):
+            raise ValueError(f"--split must be auto or kfold, got {self.split!r}")
+        if self.freeze_encoder_epochs < 0 or self.freeze_encoder_epochs >= self.epochs:
+            raise ValueError(f"--freeze-encoder-epochs must be in [0, {self.epochs - 1}]")
+        self.intensity = validate_intensity_spec(self.intensity)
+        crops_per_volume_check(self.batch, self.num_samples)
+
+
+def make_config(preset: str = "paper", **overrides: Any) -> FinetuneConfig:
+    """Preset + explicit overrides (None = not given)."""
+    return apply_preset(FinetuneConfig, PRESETS, preset, **overrides)
+
+
+@dataclass
+class FinetuneResult:
+    status: str  # "completed" | "interrupted"
+    output_dir: Path
+    step: int
+    epoch: int
+    best_dice: float | None
+    metrics: dict[str, Any]
+    package: Path | None
+
+
+def dataset_split(config: FinetuneConfig) -> tuple[list[dict], list[dict], str]:
+    """(train items, validation items, how the split was made)."""
+    if config.data.lower().endswith(".json"):
+        items = load_dataset_json(config.data, "training")
+        if config.split == "auto" and has_list(config.data, "validation"):
+            return items, load_dataset_json(config.data, "validation"), "the dataset's validation list"
+    elif config.labels_dir:
+        items = paired_folders(config.data, config.labels_dir)
+    else:
+        raise ValueError(f"{config.data}: give a dataset.json, or an image folder together with --labels-dir")
+    train, val = kfold_split(items, config.folds, config.fold, seed=0)
+    how = f"fold {config.fold} of a {config.folds}-fold split (seed 0)"
+    if len(items) == 1:
+        how = "the single training case (validation on the training scan: optimistic)"
+    return train, val, how
+
+
+def label_table(config: FinetuneConfig) -> list[dict[str, Any]]:
+    source = config.label_names or (config.data if config.data.lower().endswith(".json") else "")
+    if not source:
+        raise ValueError('--label-names is required with image/label folders (a JSON {"1": "spleen", ...})')
+    return load_label_table(source)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Flat tensor dict from safetensors, a mambamim checkpoint or any weights-only torch state dict."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--pretrained {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"--pretrained {path} is not a readable safetensors file: {exc}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors have no common base
+        raise CheckpointError(
+            f"--pretrained {path} is corrupt or not a weights-only torch file ({exc})"
+        ) from None
+    if isinstance(state, dict) and "format" in state:
+        state = load_checkpoint(path)["model"]
+    elif isinstance(state, dict):
+        for key in ("state_dict", "model", "net"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"--pretrained {path} holds no state dict of tensors")
+    return state
+
+
+def load_pretrained(model: nn.Module, path: Path, report) -> None:
+    """Load what fits, print matched / missing / unexpected; no matched encoder key is an error."""
+    from mambamim.nn.state_dict import load_partial_state_dict
+
+    result = load_partial_state_dict(model, read_weights(path))
+    report(f"--pretrained {path}: {result.summary()}")
+    has_encoder = any(k.startswith("encoder.") for k in model.state_dict())
+    matched = [k for k in result.matched if k.startswith("encoder.")] if has_encoder else result.matched
+    if not matched:
+        what = "encoder keys (encoder.*)" if has_encoder else "keys"
+        raise ValueError(
+            f"--pretrained {path}: no {what} match this model; is it a MambaMIM encoder for this "
+            f"architecture and size? ({len(result.unexpected)} unexpected, "
+            f"{len(result.shape_mismatched)} shape-mismatched)"
+        )
+
+
+def supervision_loss(loss_fn: nn.Module, output: Any, label: torch.Tensor) -> torch.Tensor:
+    """Dice+CE; deep-supervision outputs (a list, finest first) are weighted 1, 1/2, 1/4... (normalised)."""
+    if torch.is_tensor(output):
+        return loss_fn(output, label)
+    weights = [0.5**i for i in range(len(output))]
+    total = 0.0
+    for weight, logits in zip(weights, output):
+        target = label if logits.shape[2:] == label.shape[2:] else F.interpolate(label, logits.shape[2:])
+        total = total + weight * loss_fn(logits, target)
+    return total / sum(weights)
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    dataset: VolumeDataset,
+    config: FinetuneConfig,
+    labels: list[dict[str, Any]],
+    ctx: DistributedContext,
+) -> dict[str, Any]:
+    """Sliding-window Dice per class (MONAI); classes absent from a case's reference are skipped (NaN)."""
+    from monai.inferers import sliding_window_inference
+    from monai.metrics import DiceMetric
+
+    model.eval()
+    num_classes = max(entry["value"] for entry in labels) + 1
+    metric = DiceMetric(
+        include_background=False, reduction="none", ignore_empty=True, num_classes=num_classes
+    )
+    use_amp = config.amp and ctx.device.type == "cuda"
+    for index in range(len(dataset)):
+        item = dataset[index]
+        image = item["image"][None].to(ctx.device)
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = sliding_window_inference(
+                image, (config.roi,) * 3, config.sw_batch, model, overlap=config.overlap, mode="gaussian"
+            )
+        prediction = logits.float().argmax(1, keepdim=True).cpu()
+        metric(y_pred=prediction, y=item["label"][None].long())
+    per_case = metric.aggregate()  # (cases, classes - 1), NaN where the class is absent from the reference
+    model.train()
+    dice: dict[str, float | None] = {}
+    for entry in labels:
+        column = per_case[:, entry["value"] - 1]
+        present = column[~torch.isnan(column)]
+        dice[entry["name"]] = float(present.mean()) if len(present) else None
+    scored = [v for v in dice.values() if v is not None]
+    return {"mean_dice": sum(scored) / len(scored) if scored else float("nan"), "dice": dice}
+
+
+def _param_groups(model: nn.Module, freeze: bool) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    named = list(model.named_parameters())
+    if not freeze:
+        return {"all": named}
+    encoder = [(n, p) for n, p in named if n.startswith("encoder.")]
+    if not encoder:
+        raise ValueError("--freeze-encoder-epochs needs a model with an 'encoder' submodule")
+    return {"encoder": encoder, "rest": [(n, p) for n, p in named if not n.startswith("encoder.")]}
+
+
+def run_finetune(
+    config: FinetuneConfig,
+    output_dir: str | os.PathLike,
+    resume: str | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    overwrite: bool = False,
+    show_bar: bool = True,
+    package_dir: str | os.PathLike | None = None,
+) -> FinetuneResult:
+    """Fine-tune as ``config`` says and write a model package (default ``<output_dir>/package``)."""
+    from monai.losses import DiceCELoss
+
+    from mambamim.nn import build_model
+
+    output_dir = Path(output_dir)
+    ctx = init_distributed(device)
+    report = stderr_report(ctx.is_main)
+    try:
+        resume_path = resolve_resume(resume, output_dir)
+        payload = None
+        if resume_path is not None:
+            config, payload = load_resume(
+                resume_path, FINETUNE_FORMAT, FinetuneConfig, ctx.world_size, report
+            )
+            report(
+                f"resuming {resume_path} at epoch {payload['epoch']}, step {payload['step']} (saved settings)"
+            )
+        if workers is not None:
+            config = dataclasses.replace(config, workers=workers)
+        config.validate()
+        if ctx.is_main:
+            prepare_output_dir(output_dir, resuming=payload is not None, overwrite=overwrite)
+        seed_everything(config.seed + ctx.rank)
+
+        labels = label_table(config)
+        model_config = {"out_channels": max(e["value"] for e in labels) + 1, **config.model}
+        train_items, val_items, split_how = dataset_split(config)
+        roi = (config.roi,) * 3
+        deterministic, random = finetune_transforms(roi, config.num_samples, config.spacing, config.intensity)
+        train_set = VolumeDataset(train_items, deterministic, random, config.seed, config.cache, report)
+        val_set = VolumeDataset(
+            val_items, validation_transforms(config.spacing, config.intensity, roi), None, config.seed,
+            config.cache, report,
+        )  # fmt: skip
+        report(f"fine-tuning {config.model_name} on {len(train_set)} case(s), validating on {split_how}")
+
+        model = build_model(config.model_name, **model_config).to(ctx.device)
+        if payload is not None:
+            load_model_state(model, payload["model"], resume_path)
+        elif config.pretrained:
+            load_pretrained(model, Path(config.pretrained), report)
+        ddp_model = wrap_model(model, ctx)
+
+        sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, seed=config.seed)
+        batch_volumes = config.batch // config.num_samples
+        steps_per_epoch = math.ceil(sampler.per_rank / batch_volumes)
+        total_steps = steps_per_epoch * config.epochs
+        schedule = warmup_cosine(
+            round(config.warmup_epochs * steps_per_epoch), total_steps, config.min_lr_factor
+        )
+        freeze = config.freeze_encoder_epochs > 0
+        optimizer = build_optimizer(_param_groups(model, freeze), config.lr, config.weight_decay)
+        factors = {"all": schedule}
+        if freeze:
+            factors = {
+                "encoder": frozen_until(config.freeze_encoder_epochs * steps_per_epoch, schedule),
+                "rest": schedule,
+            }
+        scheduler = build_scheduler(optimizer, factors)
+        state = LoopState(extra={"best_dice": None, "best_epoch": None, "metrics": {}})
+        if payload is not None:
+            optimizer.load_state_dict(payload["optimizer"])
+            scheduler.load_state_dict(payload["scheduler"])
+            state = LoopState(
+                int(payload["epoch"]), int(payload["step"]), int(payload.get("batch_in_epoch", 0)),
+                dict(payload.get("extra") or state.extra),
+            )  # fmt: skip
+
+        training = config_to_dict(config)
+        base_payload = {
+            "format": FINETUNE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": {"model_name": config.model_name, "model_config": model_config, "training": training},
+        }
+        if ctx.is_main:
+            write_json_atomic(output_dir / "config.json", base_payload["config"])
+        columns = ["mean_dice", *(f"dice_{e['name']}" for e in labels)]
+        monitor = TrainingMonitor(
+            output_dir, total_steps, state.step, ctx.is_main, columns, resumed=payload is not None,
+            show_bar=show_bar,
+        )  # fmt: skip
+        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+
+        def loss_fn(net: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
+            return supervision_loss(dice_ce, net(batch["image"]), batch["label"])
+
+        def on_epoch_end(loop_state: LoopState) -> dict[str, Any]:
+            last = loop_state.epoch == config.epochs
+            if not ctx.is_main or (loop_state.epoch % config.val_every and not last):
+                return {}
+            metrics = validate(model, val_set, config, labels, ctx)
+            row = {"mean_dice": metrics["mean_dice"], **{f"dice_{k}": v for k, v in metrics["dice"].items()}}
+            best = loop_state.extra.get("best_dice")
+            if not math.isnan(metrics["mean_dice"]) and (best is None or metrics["mean_dice"] > best):
+                loop_state.extra.update(
+                    best_dice=metrics["mean_dice"], best_epoch=loop_state.epoch, metrics=metrics
+                )
+                save_checkpoint(output_dir / "best.pt", loop.payload(loop_state))
+            monitor.message(
+                f"epoch {loop_state.epoch}: validation mean Dice {metrics['mean_dice']:.4f} "
+                f"(best {loop_state.extra['best_dice']:.4f} at epoch {loop_state.extra['best_epoch']})"
+            )
+            return row
+
+        loop = TrainingLoop(
+            model=ddp_model, optimizer=optimizer, scheduler=scheduler, ctx=ctx, dataset=train_set,
+            sampler=sampler, batch_volumes=batch_volumes, workers=config.workers, epochs=config.epochs,
+            seed=config.seed, loss_fn=loss_fn, checkpoint_dir=output_dir, base_payload=base_payload,
+            monitor=monitor, grad_clip=config.grad_clip, amp=config.amp, collate_fn=list_data_collate,
+            on_epoch_end=on_epoch_end, rng_state=payload["rng"] if payload is not None else None,
+        )  # fmt: skip
+        try:
+            status, state = loop.run(state)
+        finally:
+            monitor.close()
+        package = None
+        if ctx.is_main and status == "completed":
+            package = write_package(
+                config, model_config, labels, output_dir, Path(package_dir or output_dir / "package"),
+                state, split_how, report, overwrite=overwrite or package_dir is None,
+            )  # fmt: skip
+        return FinetuneResult(
+            status, output_dir, state.step, state.epoch, state.extra.get("best_dice"),
+            state.extra.get("metrics", {}), package,
+        )  # fmt: skip
+    finally:
+        shutdown_distributed()
+
+
+def write_package(
+    config: FinetuneConfig,
+    model_config: dict[str, Any],
+    labels: Sequence[dict[str, Any]],
+    output_dir: Path,
+    package_dir: Path,
+    state: LoopState,
+    split_how: str,
+    report,
+    overwrite: bool,
+) -> Path:
+    """Package the best checkpoint (the last one when no validation improved) with a model card."""
+    from mambamim.infer.package import make_card, save_package
+
+    source = output_dir / "best.pt" if (output_dir / "best.pt").is_file() else output_dir / "last.pt"
+    weights = load_checkpoint(source, expected_format=FINETUNE_FORMAT)["model"]
+    metrics = state.extra.get("metrics") or {}
+    card_metrics = {
+        "validation": split_how,
+        "mean_dice": metrics.get("mean_dice"),
+        "dice": metrics.get("dice", {}),
+        "best_epoch": state.extra.get("best_epoch"),
+        "epochs": config.epochs,
+        "steps": state.step,
+    }
+    card = make_card(
+        name=config.package_name or f"{config.model_name}-finetuned",
+        labels=list(labels),
+        modality=config.modality,
+        spacing=config.spacing,
+        intensity=config.intensity,
+        roi_size=(config.roi,) * 3,
+        overlap=config.overlap,
+        license=config.license,
+        training_data=config.training_data or f"fine-tuned on {config.data}",
+        metrics=card_metrics,
+        description=f"{config.model_name} fine-tuned with mambamim finetune (preset {config.preset})"
+        + (f" from {Path(config.pretrained).name}" if config.pretrained else ""),
+    )
+    path = save_package(
+        package_dir, model_name=config.model_name, model_config=model_config, state_dict=weights, card=card,
+        overwrite=overwrite,
+    )  # fmt: skip
+    report(f"model package written to {path} (weights of {source.name})")
+    return path

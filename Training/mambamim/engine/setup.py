@@ -1,0 +1,138 @@
+"""Pieces both training entry points need: configs and presets, seeding, resume, output folder."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import random
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mambamim.engine.checkpoint import CheckpointError, load_checkpoint
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices); disable cuDNN autotuning, which picks kernels at random."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds third-party code using the global RNG)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+
+
+def apply_preset(
+    config_cls: type, presets: Mapping[str, dict[str, Any]], preset: str, **explicit: Any
+) -> Any:
+    """``config_cls`` from its defaults, then the ``preset``, then every explicit (not None) argument.
+
+    Model overrides (``model``) merge key by key so that e.g. ``--mask-ratio`` keeps the preset's
+    encoder size.
+    """
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(presets)}")
+    values = copy.deepcopy(presets[preset])
+    for key, value in explicit.items():
+        if value is None:
+            continue
+        if key == "model":
+            values["model"] = {**values.get("model", {}), **value}
+        else:
+            values[key] = value
+    return config_cls(preset=preset, **values)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Dataclass -> plain JSON-able dict (tuples become lists), as stored in checkpoints."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(config_cls: type, values: Mapping[str, Any], where: Path) -> Any:
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise CheckpointError(f"checkpoint {where}: unknown training settings {unknown} (newer mambamim?)")
+    return config_cls(**values)
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """``--resume`` alone means ``<output-dir>/last.pt``; a path is used as given."""
+    if resume is None:
+        return None
+    path = output_dir / "last.pt" if resume == "auto" else Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: checkpoint {path} does not exist")
+    return path
+
+
+def load_resume(
+    path: Path, expected_format: str, config_cls: type, world_size: int, report: Callable[[str], None]
+) -> tuple[Any, dict[str, Any]]:
+    """(training config, payload) of a checkpoint to resume; warns when the world size changed."""
+    payload = load_checkpoint(path, expected_format=expected_format)
+    for key in ("config", "model", "optimizer", "scheduler", "step", "epoch", "rng"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {path} cannot be resumed: it has no {key!r} entry")
+    config = config_from_dict(config_cls, payload["config"]["training"], path)
+    saved_world = int(payload.get("world_size", 1))
+    if saved_world != world_size:
+        report(
+            f"warning: {path} was written by {saved_world} process(es), resuming with {world_size}: "
+            "training continues but the data order differs from an uninterrupted run"
+        )
+    return config, payload
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict[str, Any], path: Path) -> None:
+    """Strict load; a checkpoint of another architecture or size is a clear error naming the file."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model (another architecture or size?): "
+            f"{' '.join(first[:3])}"
+        ) from None
+
+
+def prepare_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse to mix a new run into a folder holding another run's checkpoint."""
+    if (output_dir / "last.pt").exists() and not resuming and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds a training run (last.pt); pass --resume to continue it or "
+            "--overwrite to start over"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_json_atomic(path: Path, content: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def stderr_report(enabled: bool) -> Callable[[str], None]:
+    """A print-to-stderr function for rank 0; silent elsewhere."""
+
+    def report(message: str) -> None:
+        if enabled:
+            print(message, file=sys.stderr, flush=True)
+
+    return report
+
+
+def crops_per_volume_check(batch: int, num_samples: int) -> int:
+    """Volumes per loader batch; ``--batch`` counts crops and must be a multiple of ``--num-samples``."""
+    if batch < 1 or num_samples < 1:
+        raise ValueError(f"--batch and --num-samples must be >= 1, got {batch} and {num_samples}")
+    if batch % num_samples:
+        raise ValueError(
+            f"--batch {batch} (crops per step) must be a multiple of --num-samples {num_samples} "
+            "(crops per volume)"
+        )
+    return batch // num_samples

@@ -1,0 +1,226 @@
+"""Per-case, per-class Dice and HD95 (MONAI metrics, millimetres) of predicted vs reference label maps.
+
+Every (case, class) pair gets a status instead of a made-up number when a score is undefined:
+
+- ``present``: in both maps; Dice and HD95 are computed.
+- ``absent``: in neither map; no Dice, no HD95 (a 1.0 or 0.0 here would be fiction).
+- ``missing_in_pred``: only in the reference (missed organ); Dice 0, HD95 undefined.
+- ``missing_in_ref``: only in the prediction (false positive organ); Dice 0, HD95 undefined.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from mambamim.infer.io import READ_SUFFIXES, image_suffix, is_dicom_folder, read_image, write_csv
+
+CSV_FIELDS = ("case", "value", "name", "status", "dice", "hd95_mm", "ref_voxels", "pred_voxels")
+_GEOMETRY_TOLERANCE = 1e-4  # mm / direction cosine: float32 NIfTI headers round at ~1e-6
+
+
+def compare_label_maps(
+    pred: sitk.Image, ref: sitk.Image, labels: Sequence[dict[str, Any]], *, hd95: bool = True, case: str = ""
+) -> list[dict[str, Any]]:
+    """One row per label of ``labels`` (records with ``value`` and ``name``); see the module docstring."""
+    check_same_grid(pred, ref, f"case {case}: prediction" if case else "prediction")
+    pred_a = sitk.GetArrayViewFromImage(pred)
+    ref_a = sitk.GetArrayViewFromImage(ref)
+    spacing_zyx = tuple(reversed(pred.GetSpacing()))
+    rows = []
+    for label in labels:
+        value = int(label["value"])
+        p, r = pred_a == value, ref_a == value
+        n_p, n_r = int(p.sum()), int(r.sum())
+        row: dict[str, Any] = {
+            "case": case,
+            "value": value,
+            "name": label["name"],
+            "dice": None,
+            "hd95_mm": None,
+            "ref_voxels": n_r,
+            "pred_voxels": n_p,
+        }
+        if n_p == 0 and n_r == 0:
+            row["status"] = "absent"
+        elif n_p == 0 or n_r == 0:
+            row["status"] = "missing_in_pred" if n_p == 0 else "missing_in_ref"
+            row["dice"] = 0.0
+        else:
+            row["status"] = "present"
+            row["dice"], hd = _dice_hd95(p, r, spacing_zyx, hd95)
+            row["hd95_mm"] = hd
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per class: mean ± sd of Dice over cases where the class is in either map, HD95 where in both."""
+    by_value: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_value.setdefault(row["value"], []).append(row)
+    summary = []
+    for value in sorted(by_value):
+        group = by_value[value]
+        dice = [r["dice"] for r in group if r["dice"] is not None]
+        hd = [r["hd95_mm"] for r in group if r["hd95_mm"] is not None]
+        summary.append(
+            {
+                "value": value,
+                "name": group[0]["name"],
+                "cases": len(group),
+                "scored": len(dice),
+                "absent": sum(r["status"] == "absent" for r in group),
+                "dice_mean": float(np.mean(dice)) if dice else None,
+                "dice_sd": float(np.std(dice)) if dice else None,
+                "hd95_mean": float(np.mean(hd)) if hd else None,
+                "hd95_sd": float(np.std(hd)) if hd else None,
+            }
+        )
+    return summary
+
+
+def format_summary(summary: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width text table: class, Dice mean ± sd, HD95 mean ± sd (mm), cases scored / absent."""
+
+    def pm(mean: Optional[float], sd: Optional[float], digits: int) -> str:
+        return "absent" if mean is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+    name_width = max([len("class"), *(len(s["name"]) for s in summary)])
+    lines = [f"{'class':<{name_width}}  {'Dice':>15}  {'HD95 (mm)':>15}  {'scored':>6}  {'absent':>6}"]
+    for s in summary:
+        lines.append(
+            f"{s['name']:<{name_width}}  {pm(s['dice_mean'], s['dice_sd'], 3):>15}  "
+            f"{pm(s['hd95_mean'], s['hd95_sd'], 1) if s['hd95_mean'] is not None else '-':>15}  "
+            f"{s['scored']:>6}  {s['absent']:>6}"
+        )
+    dice = [s["dice_mean"] for s in summary if s["dice_mean"] is not None]
+    if dice:
+        lines.append(f"{'mean over classes':<{name_width}}  {np.mean(dice):>15.3f}")
+    return "\n".join(lines)
+
+
+def format_dice_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Per-organ Dice of one case (``segment --reference``); undefined scores show their status."""
+    width = max([len("organ"), *(len(r["name"]) for r in rows)])
+    lines = [f"{'organ':<{width}}  {'Dice':>6}  status"]
+    for r in rows:
+        dice = "-" if r["dice"] is None else f"{r['dice']:.3f}"
+        lines.append(f"{r['name']:<{width}}  {dice:>6}  {r['status']}")
+    scored = [r["dice"] for r in rows if r["dice"] is not None]
+    if scored:
+        lines.append(f"{'mean':<{width}}  {np.mean(scored):>6.3f}  over {len(scored)} organs")
+    return "\n".join(lines)
+
+
+def pair_cases(pred: Union[str, Path], ref: Union[str, Path]) -> list[tuple[str, Path, Path]]:
+    """``(case, pred_path, ref_path)``: one pair for two files, matched by name for two folders.
+
+    A prediction named ``<case>_seg.<ext>`` (what batch ``segment`` writes) matches reference ``<case>``.
+    """
+    pred, ref = Path(pred), Path(ref)
+    for path, what in ((pred, "--pred"), (ref, "--ref")):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+    if not (pred.is_dir() and not is_dicom_folder(pred)) and not (ref.is_dir() and not is_dicom_folder(ref)):
+        return [(_case_name(ref), pred, ref)]
+    if not (pred.is_dir() and ref.is_dir()):
+        raise ValueError(f"--pred {pred} and --ref {ref} must both be files or both be folders")
+    preds = {_case_name(p): p for p in _label_files(pred)}
+    pairs, missing = [], []
+    for ref_path in _label_files(ref):
+        case = _case_name(ref_path)
+        match = preds.get(case) or preds.get(f"{case}_seg")
+        if match is None:
+            missing.append(case)
+        else:
+            pairs.append((case, match, ref_path))
+    if missing:
+        raise ValueError(f"no prediction in {pred} for reference case(s): {', '.join(missing)}")
+    if not pairs:
+        raise ValueError(f"no label maps found in {ref}")
+    return pairs
+
+
+def evaluate_paths(
+    pred: Union[str, Path], ref: Union[str, Path], labels: Optional[Sequence[dict[str, Any]]] = None
+) -> list[dict[str, Any]]:
+    """Rows for every case (see :func:`pair_cases`); ``labels`` default to every value found."""
+    rows = []
+    for case, pred_path, ref_path in pair_cases(pred, ref):
+        pred_img = read_image(pred_path, allow_constant=True)
+        ref_img = read_image(ref_path, allow_constant=True)
+        table = labels if labels is not None else _labels_found(pred_img, ref_img)
+        rows.extend(compare_label_maps(pred_img, ref_img, table, case=case))
+    return rows
+
+
+def write_rows_csv(rows: Sequence[dict[str, Any]], path: Union[str, Path], overwrite: bool = False) -> Path:
+    """Write rows atomically; undefined scores are empty cells (the status column says why)."""
+    cells = ({k: _cell(row.get(k)) for k in CSV_FIELDS} for row in rows)
+    return write_csv(path, CSV_FIELDS, cells, overwrite=overwrite)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.6g}"
+    return value
+
+
+def _dice_hd95(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], hd95: bool
+) -> tuple[float, Optional[float]]:
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    # Crop to the union's bounding box (+1 voxel) so HD95's distance transforms stay small.
+    union = np.argwhere(pred | ref)
+    lo = np.maximum(union.min(axis=0) - 1, 0)
+    hi = union.max(axis=0) + 2
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None].float()
+    r = torch.from_numpy(np.ascontiguousarray(ref[box]))[None, None].float()
+    dice = float(compute_dice(p, r, include_background=True)[0, 0])
+    if not hd95:
+        return dice, None
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal use of a deprecated argument
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        hd = compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=list(spacing))
+    return dice, float(hd[0, 0])
+
+
+def check_same_grid(image: sitk.Image, ref: sitk.Image, where: str = "prediction") -> None:
+    """Raise ``ValueError`` unless ``image`` and the reference share size, spacing, origin and direction."""
+    for what, a, b in (
+        ("size", image.GetSize(), ref.GetSize()),
+        ("spacing", image.GetSpacing(), ref.GetSpacing()),
+        ("origin", image.GetOrigin(), ref.GetOrigin()),
+        ("direction", image.GetDirection(), ref.GetDirection()),
+    ):
+        if not np.allclose(a, b, atol=_GEOMETRY_TOLERANCE, rtol=0):
+            raise ValueError(
+                f"{where} {what} {tuple(round(v, 5) for v in a)} differs from the reference's "
+                f"{tuple(round(v, 5) for v in b)}; both must be on the same grid"
+            )
+
+
+def _labels_found(*images: sitk.Image) -> list[dict[str, Any]]:
+    values = sorted(set().union(*(np.unique(sitk.GetArrayViewFromImage(i)).tolist() for i in images)) - {0})
+    return [{"value": int(v), "name": f"label_{int(v)}"} for v in values]
+
+
+def _label_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) in READ_SUFFIXES)
+
+
+def _case_name(path: Path) -> str:
+    suffix = image_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.name

@@ -1,0 +1,416 @@
+"""Model packages: ``weights.safetensors`` + ``model.json`` (the model card) in a folder or a .zip.
+
+The card is the single source of truth at inference time: which network to build (registered name
+and constructor config), what the input must look like (channels, modality, spacing, intensity
+normalisation, ROI size, overlap) and what the output labels mean (value, name, colour, optional
+SNOMED-CT code). Loading verifies the SHA-256 of the weights and that they load *strictly* into
+``build_model(name, **config)``, so a package can never silently run with wrong or partial weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from mambamim.data.intensity import validate_intensity_spec
+
+FORMAT_VERSION = 1
+CARD_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+MODALITIES = ("CT", "MR")
+# Distinct, colour-blind-friendlier defaults (Okabe-Ito, then Tableau) for labels without a colour.
+_PALETTE = (
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+)
+
+
+class PackageError(ValueError):
+    """A model package or card is invalid; the message names the package and what is wrong."""
+
+
+@dataclass
+class LoadedPackage:
+    """A verified package: the network in eval mode with its weights, the card, where it came from."""
+
+    model: nn.Module
+    card: dict[str, Any]
+    path: Path
+
+
+def parse_labels(labels: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Normalise a label table to ``[{value, name, color, snomed?}]`` sorted by value, background dropped.
+
+    Accepts ``{"1": "spleen", ...}`` (MSD ``dataset.json`` / ``labels_*.json`` style) or a list of
+    ``{"value", "name", "color"?, "snomed"?}`` records. Value 0 is background and never listed.
+    """
+    if isinstance(labels, Mapping):
+        records = [{"value": k, "name": v} for k, v in labels.items()]
+    elif isinstance(labels, Sequence) and not isinstance(labels, str):
+        records = [dict(r) for r in labels]
+    else:
+        raise PackageError(
+            f"labels must be a mapping value->name or a list of records, got {type(labels).__name__}"
+        )
+    table = []
+    for record in records:
+        try:
+            value, name = int(record["value"]), str(record["name"])
+        except (KeyError, TypeError, ValueError):
+            raise PackageError(f"label record {record!r} needs an integer 'value' and a 'name'") from None
+        if value < 0:
+            raise PackageError(f"label {name!r} has a negative value {value}")
+        if value == 0:
+            continue
+        color = record.get("color") or _PALETTE[(value - 1) % len(_PALETTE)]
+        if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
+            raise PackageError(f"label {name!r}: color must be 3 integers 0-255, got {color!r}")
+        entry: dict[str, Any] = {"value": value, "name": name, "color": list(color)}
+        if record.get("snomed"):
+            entry["snomed"] = record["snomed"]
+        table.append(entry)
+    values = [e["value"] for e in table]
+    if len(set(values)) != len(values):
+        raise PackageError(f"label values must be unique, got {sorted(values)}")
+    if not table:
+        raise PackageError("the label table has no foreground labels")
+    return sorted(table, key=lambda e: e["value"])
+
+
+def make_card(
+    *,
+    name: str,
+    labels: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]],
+    modality: str,
+    spacing: Sequence[float],
+    intensity: dict[str, Any],
+    roi_size: Sequence[int],
+    overlap: float = 0.5,
+    channels: int = 1,
+    version: str = "1.0.0",
+    license: str = "unspecified",
+    training_data: str = "",
+    metrics: Union[dict[str, Any], None] = None,
+    description: str = "",
+) -> dict[str, Any]:
+    """The card fields a caller provides; :func:`save_package` adds architecture, weights and format."""
+    card = {
+        "name": name,
+        "version": version,
+        "description": description,
+        "input": {
+            "channels": int(channels),
+            "modality": modality,
+            "spacing": [float(s) for s in spacing],
+            "intensity": intensity,
+            "roi_size": [int(r) for r in roi_size],
+            "overlap": float(overlap),
+        },
+        "labels": parse_labels(labels),
+        "license": license,
+        "training_data": training_data,
+        "metrics": dict(metrics or {}),
+    }
+    _validate_input_section(card["input"], "card")
+    return card
+
+
+def save_package(
+    out_dir: Union[str, Path],
+    *,
+    model_name: str,
+    model_config: dict[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    card: dict[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Write a package folder atomically (build in a temporary sibling folder, then rename).
+
+    The weights are checked to load strictly into ``build_model(model_name, **model_config)`` before
+    anything is written, and the label table is checked against the network's output channels.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"package folder {out_dir} already exists; pass --overwrite to replace it")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    model = _build_strict(model_name, model_config, tensors, where=f"package {out_dir}")
+    full = {
+        **{k: v for k, v in card.items() if k not in ("format_version", "architecture", "weights")},
+        "format_version": FORMAT_VERSION,
+        "architecture": {"name": model_name, "config": dict(model_config)},
+    }
+    full["labels"] = parse_labels(full.get("labels", []))
+    _check_architecture_fits_card(model, full, where=f"package {out_dir}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        full["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256_file(tmp / WEIGHTS_FILE)}
+        validate_card(full, where=f"package {out_dir}")
+        (tmp / CARD_FILE).write_text(json.dumps(full, indent=2) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def write_zip(package_dir: Union[str, Path], zip_path: Union[str, Path], overwrite: bool = False) -> Path:
+    """Archive a package folder as a .zip (card and weights at the top level), atomically."""
+    package_dir, zip_path = Path(package_dir), Path(zip_path)
+    read_card(package_dir)  # never archive an invalid package
+    if zip_path.exists() and not overwrite:
+        raise FileExistsError(f"archive {zip_path} already exists; pass --overwrite to replace it")
+    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".tmp", dir=zip_path.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for item in sorted(package_dir.iterdir()):
+                if item.is_file():
+                    archive.write(item, item.name)
+        os.replace(tmp, zip_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return zip_path
+
+
+def read_card(path: Union[str, Path]) -> dict[str, Any]:
+    """The validated card of a package folder or .zip, without loading the weights."""
+    card, _ = _read_package_files(Path(path), with_weights=False)
+    return card
+
+
+def load_package(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LoadedPackage:
+    """Load and verify a package (folder or .zip): SHA-256 of the weights, then a strict state-dict load."""
+    path = Path(path)
+    card, weights = _read_package_files(path, with_weights=True)
+    arch = card["architecture"]
+    model = _build_strict(arch["name"], arch["config"], weights, where=f"package {path}")
+    _check_architecture_fits_card(model, card, where=f"package {path}")
+    return LoadedPackage(model=model.to(device).eval(), card=card, path=path)
+
+
+def validate_card(card: dict[str, Any], where: str = "model card") -> dict[str, Any]:
+    """Check every card field the engine relies on; raise ``PackageError`` naming the first problem."""
+    if not isinstance(card, dict):
+        raise PackageError(f"{where}: {CARD_FILE} must hold a JSON object")
+    version = card.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PackageError(
+            f"{where}: unsupported format_version {version!r} (this mambamim reads {FORMAT_VERSION})"
+        )
+    for key in ("name", "version", "architecture", "input", "labels", "weights"):
+        if key not in card:
+            raise PackageError(f"{where}: {CARD_FILE} lacks the field {key!r}")
+    arch = card["architecture"]
+    if (
+        not isinstance(arch, dict)
+        or not isinstance(arch.get("name"), str)
+        or not isinstance(arch.get("config"), dict)
+    ):
+        raise PackageError(f"{where}: architecture must be {{'name': str, 'config': dict}}, got {arch!r}")
+    _validate_input_section(card["input"], where)
+    card["labels"] = parse_labels(card["labels"])
+    weights = card["weights"]
+    if not isinstance(weights, dict) or not weights.get("file") or len(str(weights.get("sha256", ""))) != 64:
+        raise PackageError(
+            f"{where}: weights must be {{'file': name, 'sha256': 64 hex digits}}, got {weights!r}"
+        )
+    return card
+
+
+def _validate_input_section(section: Any, where: str) -> None:
+    if not isinstance(section, dict):
+        raise PackageError(f"{where}: 'input' must be an object")
+    try:
+        channels = int(section["channels"])
+        modality = section["modality"]
+        spacing = [float(s) for s in section["spacing"]]
+        roi = [int(r) for r in section["roi_size"]]
+        overlap = float(section["overlap"])
+        intensity = section["intensity"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise PackageError(f"{where}: input section is incomplete or malformed ({err!r})") from None
+    if channels < 1:
+        raise PackageError(f"{where}: input channels must be >= 1, got {channels}")
+    if modality not in MODALITIES:
+        raise PackageError(f"{where}: modality must be one of {MODALITIES}, got {modality!r}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise PackageError(f"{where}: spacing must be 3 positive numbers (mm), got {spacing}")
+    if len(roi) != 3 or min(roi) < 1:
+        raise PackageError(f"{where}: roi_size must be 3 positive integers, got {roi}")
+    if not 0.0 <= overlap < 1.0:
+        raise PackageError(f"{where}: overlap must be in [0, 1), got {overlap}")
+    try:
+        validate_intensity_spec(intensity)
+    except ValueError as err:
+        raise PackageError(f"{where}: {err}") from None
+
+
+def _read_package_files(path: Path, *, with_weights: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Card (validated) and, optionally, the hash-verified weights of a folder or .zip package."""
+    if not path.exists():
+        raise PackageError(f"model package {path} does not exist")
+    if path.is_dir():
+        card_path = path / CARD_FILE
+        if not card_path.is_file():
+            raise PackageError(f"model package {path} has no {CARD_FILE}")
+        card = _parse_card(card_path.read_bytes(), path)
+        if not with_weights:
+            return card, {}
+        weights_path = path / card["weights"]["file"]
+        if not weights_path.is_file():
+            raise PackageError(f"model package {path}: weights file {card['weights']['file']} is missing")
+        blob = weights_path.read_bytes()
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            card_names = [n for n in names if n == CARD_FILE or n.endswith("/" + CARD_FILE)]
+            if len(card_names) != 1:
+                raise PackageError(f"model package {path}: the archive must hold exactly one {CARD_FILE}")
+            prefix = card_names[0][: -len(CARD_FILE)]
+            card = _parse_card(archive.read(card_names[0]), path)
+            if not with_weights:
+                return card, {}
+            member = prefix + card["weights"]["file"]
+            if member not in names:
+                raise PackageError(f"model package {path}: weights file {member} is missing from the archive")
+            blob = archive.read(member)
+    else:
+        raise PackageError(f"model package {path} is neither a package folder nor a .zip archive")
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != card["weights"]["sha256"].lower():
+        raise PackageError(
+            f"model package {path}: SHA-256 of {card['weights']['file']} is {digest}, the card says "
+            f"{card['weights']['sha256']}; the weights are corrupt or were replaced"
+        )
+    return card, _deserialize_weights(blob, card["weights"]["file"], path)
+
+
+def _parse_card(raw: bytes, path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PackageError(f"model package {path}: {CARD_FILE} is not valid JSON ({err})") from None
+    return validate_card(card, where=f"model package {path}")
+
+
+def _deserialize_weights(blob: bytes, name: str, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if name.endswith(".safetensors"):
+            from safetensors.torch import load
+
+            return load(blob)
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors / pickle errors have no common base class
+        raise PackageError(f"model package {path}: cannot read weights {name}: {err}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PackageError(f"model package {path}: weights {name} is not a flat state dict of tensors")
+    return state
+
+
+def _build_strict(
+    name: str, config: dict[str, Any], state_dict: Mapping[str, torch.Tensor], where: str
+) -> nn.Module:
+    from mambamim.nn import build_model
+
+    try:
+        model = build_model(name, **config)
+    except (TypeError, ValueError) as err:
+        raise PackageError(
+            f"{where}: cannot build architecture {name!r} with config {config}: {err}"
+        ) from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        k for k in expected if k in state_dict and tuple(expected[k].shape) != tuple(state_dict[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        details = []
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape-mismatched", mismatched),
+        ):
+            if keys:
+                details.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise PackageError(
+            f"{where}: the weights do not match architecture {name!r} with config {config}: "
+            + "; ".join(details)
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _constructor_value(model: nn.Module, key: str, config: dict[str, Any]) -> Any:
+    if key in config:
+        return config[key]
+    parameter = inspect.signature(type(model)).parameters.get(key)
+    return None if parameter is None else parameter.default
+
+
+def _check_architecture_fits_card(model: nn.Module, card: dict[str, Any], where: str) -> None:
+    config = card["architecture"]["config"]
+    out_channels = _constructor_value(model, "out_channels", config)
+    max_value = max(label["value"] for label in card["labels"])
+    if isinstance(out_channels, int) and max_value >= out_channels:
+        raise PackageError(
+            f"{where}: label value {max_value} needs at least {max_value + 1} output channels, "
+            f"the network has {out_channels}"
+        )
+    in_channels = _constructor_value(model, "in_channels", config)
+    channels = card.get("input", {}).get("channels")
+    if isinstance(in_channels, int) and channels is not None and int(channels) != in_channels:
+        raise PackageError(f"{where}: card says {channels} input channels, the network takes {in_channels}")
+    multiple = getattr(model, "size_multiple", 1)
+    roi = card.get("input", {}).get("roi_size", [])
+    if any(int(r) % multiple for r in roi):
+        raise PackageError(
+            f"{where}: roi_size {roi} must be a multiple of the network's size_multiple {multiple}"
+        )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
