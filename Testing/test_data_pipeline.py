@@ -136,3 +136,20 @@ def test_epoch_sampler_shards_and_resumes():
     assert list(sampler) == full[4:] and len(sampler) == 6
     sampler.set_epoch(3)
     assert list(sampler) != full
+
+
+def test_training_arrays_match_inference_model_space(sample_ct):
+    """Training (MONAI) and ``mambamim segment`` (SimpleITK) put the same voxel at the same index."""
+    from mambamim.data.transforms import LoadScand, NormalizeIntensityd
+    from mambamim.infer.io import read_image
+    from mambamim.infer.preprocess import to_model_space
+    from monai.transforms import Compose, Orientationd, Spacingd
+
+    axes = (("L", "R"), ("P", "A"), ("I", "S"))
+    training = Compose(
+        [LoadScand("image"), Orientationd("image", "RAS", labels=axes), Spacingd("image", SPACING),
+         NormalizeIntensityd("image", CT_WINDOW)]
+    )({"image": str(sample_ct)})["image"][0]  # fmt: skip
+    inference, _ = to_model_space(read_image(sample_ct), SPACING, CT_WINDOW)
+    assert tuple(training.shape) == inference.shape
+    assert np.allclose(training.numpy(), inference, atol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 import nibabel as nib
@@ -133,6 +134,9 @@ def test_write_is_atomic_and_refuses_existing(tmp_path):
     image.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
     out = write_image(image, tmp_path / "sub" / "a.nrrd")
     assert read_image(out).GetDirection() == image.GetDirection()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's private 0600
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_image(image, out)
     write_image(image, out, overwrite=True)

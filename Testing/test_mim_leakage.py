@@ -73,3 +73,21 @@ def test_without_bottom_up_masking_the_cnn_does_leak():
     visible = ~masks[0].expand_as(fa)
     assert not torch.allclose(fa[visible], fb[visible], atol=1e-6, rtol=0)
     assert not torch.allclose(pa, pb, atol=1e-5, rtol=0)
+
+
+def test_sparse_path_runs_the_encoder_dataflow():
+    """With nothing masked, the sparse CNN path equals the dense encoder: skips taken after each raising
+    conv (before pooling), then the map entering the Mamba stage."""
+    model = MambaMIM(TINY, decoder_channels=(4, 4, 4, 4, 4)).eval()
+    x = torch.rand(1, 1, *SIZE)
+    nothing = torch.zeros(1, *GRID, dtype=torch.bool)
+    with torch.no_grad():
+        dense = model.encoder(x)
+        for features in (
+            cnn_features(model.encoder, x, None),
+            cnn_features(model.encoder, x, model.level_masks(nothing, SIZE)),
+        ):
+            assert [f.shape[1] for f in features] == list(model.encoder.feature_channels)
+            for skip, want in zip(features[:-1], dense[:-1]):
+                torch.testing.assert_close(skip, want)
+            torch.testing.assert_close(model.encoder.mamba(features[-1]), dense[-1])

@@ -80,7 +80,7 @@ def test_skip_ablation_removes_skip_layers_and_ignores_cnn_features(batch):
     assert any(n.startswith("decoder.fuse") for n in with_skip.state_dict())
     # Decoder inputs: CNN levels (finest first) + the Mamba map; replace the CNN levels by noise.
     sizes = [32, 16, 8, 4, 2]
-    features = [torch.randn(2, c, *(s,) * 3) for c, s in zip(TINY["channels"], sizes)]
+    features = [torch.randn(2, c, *(s,) * 3) for c, s in zip(with_skip.encoder.feature_channels, sizes)]
     noisy = [torch.randn_like(f) for f in features[:-1]] + [features[-1]]
     masks = with_skip.level_masks(mask, SIZE)
     with torch.no_grad():

@@ -218,3 +218,12 @@ def test_weights_only_torch_file_is_accepted(package, tmp_path):
     }
     (package / CARD_FILE).write_text(json.dumps(c))
     assert load_package(package).card["weights"]["file"] == "weights.pt"
+
+
+def test_package_files_get_normal_permissions(package):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (package.stat().st_mode & 0o777) == 0o777 & ~umask
+    assert all((p.stat().st_mode & 0o777) == 0o666 & ~umask for p in package.iterdir())

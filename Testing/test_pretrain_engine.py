@@ -108,3 +108,34 @@ def test_pretraining_lowers_the_masked_loss(tmp_path, sample_ct):
     result = run_pretrain(config, tmp_path / "run", show_bar=False)
     after = held_out_loss(result.model)
     assert after < 0.5 * before, (before, after)
+
+
+def test_training_script_saves_and_exits_130_on_ctrl_c(tmp_path, sample_ct):
+    """``python Training/pretrain.py``: SIGINT finishes the step, writes last.pt, exits with status 130."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "Training" / "pretrain.py"
+    out = tmp_path / "run"
+    command = [
+        sys.executable, str(script), str(sample_ct), "-o", str(out), "--preset", "tiny", "--epochs", "500",
+        "--spacing", "3", "--batch", "1", "--num-samples", "1", "--no-progress",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    log = out / "train_log.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:  # at least one step done
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 130, stderr
+    assert "continue with --resume" in stderr
+    saved = load_checkpoint(out / "last.pt", expected_format="mambamim-pretrain")
+    assert saved["step"] >= 1 and saved["step"] < 500
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "missing"), "-o", str(tmp_path / "x")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 1 and "missing" in bad.stderr and "Traceback" not in bad.stderr

@@ -213,3 +213,13 @@ def test_registry_and_size_multiple() -> None:
         model = tiny(name)
         assert isinstance(model, cls)
         assert model.size_multiple == 4
+
+
+def test_training_after_inference_mode_call():
+    """Token orders cached under torch.inference_mode must still serve a later training backward."""
+    model = build_model("segmamba", channels=(4, 8, 8, 8, 8), blocks_per_stage=(1, 1, 1, 1, 1), d_state=2)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

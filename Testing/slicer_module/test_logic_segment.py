@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer
-from conftest import ijkToRasOf, segmentArray, volumeArray
+from conftest import DEMO_PACKAGE, ijkToRasOf, segmentArray, volumeArray
 from MambaMIMSegmenterLib import (
     EngineCancelled,
     EngineError,
@@ -68,7 +68,9 @@ def test_segments_the_sample_ct_with_names_colours_and_exact_geometry(
     study = sh.CreateStudyItem(patient, "Abdomen CT")
     sh.SetItemParent(sh.GetItemByDataNode(ct_node) or sh.CreateItem(study, ct_node), study)
     events = []
-    segmentation = logic.segment(ct_node, model_package, "cpu", fast=True, onProgress=events.append)
+    # The shipped demo is addressed by its registry id, as users do from the Python console.
+    model = "btcv-hymamba-demo" if model_package == DEMO_PACKAGE else model_package
+    segmentation = logic.segment(ct_node, model, "cpu", fast=True, onProgress=events.append)
     assert segmentation.GetScene() is app.scene and segmentation.GetName() == "ct segmentation"
     _assert_on_volume_grid(segmentation, ct_node, card)
     assert sh.GetItemParent(sh.GetItemByDataNode(segmentation)) == study

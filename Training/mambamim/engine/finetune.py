@@ -8,7 +8,6 @@ validation (overlap 0.5) with per-class Dice, best checkpoint kept. Writes into 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -40,10 +39,7 @@ from mambamim.engine.setup import (
     config_to_dict,
     crops_per_volume_check,
     load_model_state,
-    load_resume,
-    prepare_output_dir,
-    resolve_resume,
-    seed_everything,
+    start_run,
     stderr_report,
     write_json_atomic,
 )
@@ -289,21 +285,9 @@ def run_finetune(
     ctx = init_distributed(device)
     report = stderr_report(ctx.is_main)
     try:
-        resume_path = resolve_resume(resume, output_dir)
-        payload = None
-        if resume_path is not None:
-            config, payload = load_resume(
-                resume_path, FINETUNE_FORMAT, FinetuneConfig, ctx.world_size, report
-            )
-            report(
-                f"resuming {resume_path} at epoch {payload['epoch']}, step {payload['step']} (saved settings)"
-            )
-        if workers is not None:
-            config = dataclasses.replace(config, workers=workers)
-        config.validate()
-        if ctx.is_main:
-            prepare_output_dir(output_dir, resuming=payload is not None, overwrite=overwrite)
-        seed_everything(config.seed + ctx.rank)
+        config, payload, resume_path = start_run(
+            config, FinetuneConfig, FINETUNE_FORMAT, output_dir, resume, workers, overwrite, ctx, report
+        )
 
         labels = label_table(config)
         model_config = {"out_channels": max(e["value"] for e in labels) + 1, **config.model}

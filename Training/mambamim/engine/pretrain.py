@@ -7,7 +7,6 @@ Writes into the output folder: ``last.pt`` (full training state, every epoch and
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +28,7 @@ from mambamim.engine.setup import (
     config_to_dict,
     crops_per_volume_check,
     load_model_state,
-    load_resume,
-    prepare_output_dir,
-    resolve_resume,
-    seed_everything,
+    start_run,
     stderr_report,
     write_json_atomic,
 )
@@ -146,21 +142,9 @@ def run_pretrain(
     ctx = init_distributed(device)
     report = stderr_report(ctx.is_main)
     try:
-        resume_path = resolve_resume(resume, output_dir)
-        payload = None
-        if resume_path is not None:
-            config, payload = load_resume(
-                resume_path, PRETRAIN_FORMAT, PretrainConfig, ctx.world_size, report
-            )
-            report(
-                f"resuming {resume_path} at epoch {payload['epoch']}, step {payload['step']} (saved settings)"
-            )
-        if workers is not None:
-            config = dataclasses.replace(config, workers=workers)
-        config.validate()
-        if ctx.is_main:
-            prepare_output_dir(output_dir, resuming=payload is not None, overwrite=overwrite)
-        seed_everything(config.seed + ctx.rank)
+        config, payload, resume_path = start_run(
+            config, PretrainConfig, PRETRAIN_FORMAT, output_dir, resume, workers, overwrite, ctx, report
+        )
 
         roi = (config.roi,) * 3
         deterministic, random = pretrain_transforms(roi, config.num_samples, config.spacing, config.intensity)

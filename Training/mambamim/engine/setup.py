@@ -110,6 +110,36 @@ def prepare_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> Non
     output_dir.mkdir(parents=True, exist_ok=True)
 
 
+def start_run(
+    config: Any,
+    config_cls: type,
+    checkpoint_format: str,
+    output_dir: Path,
+    resume: str | None,
+    workers: int | None,
+    overwrite: bool,
+    ctx: Any,
+    report: Callable[[str], None],
+) -> tuple[Any, dict[str, Any] | None, Path | None]:
+    """Common start of a training run: (config, resume payload, resumed checkpoint path; None if new).
+
+    A resumed run takes its settings from the checkpoint (only ``workers`` may change); the config is
+    validated, rank 0 prepares the output folder, and every rank is seeded with ``seed + rank``.
+    """
+    resume_path = resolve_resume(resume, output_dir)
+    payload = None
+    if resume_path is not None:
+        config, payload = load_resume(resume_path, checkpoint_format, config_cls, ctx.world_size, report)
+        report(f"resuming {resume_path} at epoch {payload['epoch']}, step {payload['step']} (saved settings)")
+    if workers is not None:
+        config = dataclasses.replace(config, workers=workers)
+    config.validate()
+    if ctx.is_main:
+        prepare_output_dir(output_dir, resuming=payload is not None, overwrite=overwrite)
+    seed_everything(config.seed + ctx.rank)
+    return config, payload, resume_path
+
+
 def write_json_atomic(path: Path, content: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")

@@ -33,10 +33,7 @@ class ImageReadError(ValueError):
 def image_suffix(path: str | Path) -> str:
     """Lower-case suffix including a double one (``.nii.gz``); empty for folders."""
     name = Path(path).name.lower()
-    for suffix in (".nii.gz", ".seg.nrrd"):
-        if name.endswith(suffix):
-            return suffix if suffix != ".seg.nrrd" else ".nrrd"
-    return Path(name).suffix
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 def is_dicom_folder(path: str | Path) -> bool:
@@ -93,7 +90,7 @@ def write_image(image: sitk.Image, path: str | Path, overwrite: bool = False) ->
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp_name, useCompression=True)
-        os.replace(tmp_name, path)
+        publish(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -114,11 +111,23 @@ def write_csv(
             writer = csv.DictWriter(handle, fieldnames=list(fieldnames), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp_name, path)
+        publish(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def publish(tmp: str | Path, path: str | Path, directory: bool = False) -> None:
+    """Give a finished temporary file (or folder) normal permissions and rename it onto ``path``.
+
+    ``mkstemp`` / ``mkdtemp`` create private (0600 / 0700) entries; outputs get what the user's umask
+    allows, like any other file they write.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
+    os.replace(tmp, path)
 
 
 def _first_line(err: Exception) -> str:

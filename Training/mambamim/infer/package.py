@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mambamim.data.intensity import validate_intensity_spec
+from mambamim.infer.io import publish
 
 FORMAT_VERSION = 1
 CARD_FILE = "model.json"
@@ -179,13 +180,15 @@ def save_package(
         full["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256_file(tmp / WEIGHTS_FILE)}
         validate_card(full, where=f"package {out_dir}")
         (tmp / CARD_FILE).write_text(json.dumps(full, indent=2) + "\n")
+        for item in tmp.iterdir():
+            publish(item, item)  # only the permissions change here
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
+            publish(tmp, out_dir, directory=True)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, out_dir)
+            publish(tmp, out_dir, directory=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -204,7 +207,7 @@ def write_zip(package_dir: Union[str, Path], zip_path: Union[str, Path], overwri
             for item in sorted(package_dir.iterdir()):
                 if item.is_file():
                     archive.write(item, item.name)
-        os.replace(tmp, zip_path)
+        publish(tmp, zip_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

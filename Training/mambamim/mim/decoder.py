@@ -54,7 +54,8 @@ class MIMDecoder(nn.Module):
     """Decoder from encoder features [f0 … fL] (finest first, fL = dense Mamba map) to the image.
 
     Args:
-        encoder_channels: channels of the encoder levels, finest first (HyMamba: (32, 64, 128, 192, 384)).
+        encoder_channels: channels of the encoder outputs, finest first (``HyMambaEncoder.feature_channels``,
+            by default (64, 128, 192, 384, 384): level i's skip at 1/2^i, then the Mamba map).
         decoder_channels: decoder width at each level, finest first, same length.
         out_channels: image channels to reconstruct.
         skip: fuse the densified CNN features of each scale (False = Table 9 "w/o skip").

@@ -89,7 +89,7 @@ class MambaMIM(nn.Module):
         if int(norm_patch) < 1:
             raise ValueError(f"norm_patch must be >= 1, got {norm_patch}")
         self.encoder = HyMambaEncoder(**(encoder_config or {}))
-        channels = self.encoder.channels
+        channels = self.encoder.feature_channels  # skips at levels 0..L-1, then the Mamba map
         levels = len(channels)
         if decoder_channels is None:
             decoder_channels = tuple(16 * 2**i for i in range(levels))

@@ -4,7 +4,9 @@ The functions here run the *same* modules as :class:`mambamim.nn.hymamba.HyMamba
 stages, downsamples, mamba), so pre-trained weights keep their names. Invariant of the CNN path: every
 tensor passed between two operators is zero at masked positions.
 
-- stem and downsample convolutions: ``mask · conv(mask · x)``; MedNeXt blocks: ``mask · block(mask · x)``.
+- stem and channel-raising convolutions: ``mask · conv(mask · x)``; MedNeXt blocks:
+  ``mask · block(mask · x)``. Following the encoder's published layout, level i's raising conv runs at
+  resolution 1/2^i with the level-i mask and its masked output is skip i; then it is max-pooled.
   A MedNeXt block's depthwise convolution is its only spatially-mixing operator and its LayerNorm is
   per voxel (statistics over the channels of one voxel), so a visible output reads visible inputs and
   zeros only; no statistic is ever taken over masked voxels.
@@ -27,7 +29,9 @@ from torch import nn
 def cnn_features(
     encoder: nn.Module, x: torch.Tensor, masks: Sequence[torch.Tensor] | None = None
 ) -> list[torch.Tensor]:
-    """CNN levels [f0 … fL] of ``encoder`` (before the Mamba stage), sparse when ``masks`` are given.
+    """The encoder's CNN outputs [skip0 … skip(L-1), fL] (before the Mamba stage), sparse when ``masks``
+    are given. ``skip_i`` has ``encoder.feature_channels[i]`` channels at 1/2^i; ``fL`` is the map entering
+    the Mamba stage (1/2^L).
 
     Args:
         encoder: a ``HyMambaEncoder``.
@@ -41,16 +45,18 @@ def cnn_features(
         # Cast the mask, not the map: under autocast f is bf16 and must stay so.
         return f if visible is None else f * visible[level].to(f.dtype)
 
+    def blocks(f: torch.Tensor, level: int) -> torch.Tensor:
+        for block in encoder.stages[level]:
+            f = keep(block(f), level)
+        return f
+
     f = keep(encoder.stem(keep(x, 0)), 0)
     features = []
-    for level, stage in enumerate(encoder.stages):
-        if level > 0:
-            down = encoder.downsamples[level - 1]
-            f = keep(down.pool(f), level)
-            f = keep(down.conv(f), level)
-        for block in stage:
-            f = keep(block(f), level)
-        features.append(f)
+    for level, down in enumerate(encoder.downsamples):
+        skip = keep(down.conv(blocks(f, level)), level)
+        features.append(skip)
+        f = keep(down.pool(skip), level + 1)
+    features.append(blocks(f, len(encoder.downsamples)))
     return features
 
 

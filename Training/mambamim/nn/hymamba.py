@@ -1,11 +1,18 @@
 """HyMamba: the hybrid CNN-Mamba segmentation network of MambaMIM (Tang et al., arXiv 2408.08070, §3.1).
 
-Encoder: a 3³ stem conv at full resolution, then five MedNeXt-style stages (level ``i`` at 1/2^i with
-``channels[i]``), linked by max-pool ×2 followed by a 3³ conv that raises the channels; at the 1/16
-grid (6³ tokens for a 96³ input) a Vision-Mamba stage of pre-norm Mamba layers with a fixed 3-D
-sin-cos position embedding. Decoder (UNETR style): residual conv blocks refine the four CNN skips, and
-four steps of transposed conv ×2, concatenation with the skip and a residual conv block lead to a 1³
-head.
+Layout of the published MambaMIM code (``models/network/hymamba.py``), where every level *raises its
+channels before pooling*, so each skip lives at a finer resolution than its channel count suggests.
+With ``channels = (C0 .. C4) = (32, 64, 128, 192, 384)`` and a 96³ window:
+
+- encoder: 3³ stem conv ``in → C0`` at full resolution, MedNeXt blocks at C0 (``stages[0]``; the
+  published code builds none there, one is cheap), then for level i = 0..3 a 3³ conv ``C_i → C_{i+1}`` at
+  resolution 1/2^i gives skip i, max-pool ×2, MedNeXt blocks at ``C_{i+1}`` (``stages[i+1]``). After
+  ``stages[4]`` (C4 at 1/16, 6³ tokens) a Vision-Mamba stage of pre-norm Mamba layers with a fixed 3-D
+  sin-cos position embedding gives the bottleneck. Skips: C1 at 1/1, C2 at 1/2, C3 at 1/4, C4 at 1/8.
+- decoder (UNETR style): a residual conv block refines each skip; four steps of transposed conv ×2,
+  concatenation with the skip and a residual conv block (C4 → C4 at 1/8, → C3 at 1/4, → C2 at 1/2,
+  → C1 at 1/1); a residual block C1 → C0 and a 1³ head. Defaults: about 41 M parameters and
+  2.1 TFLOP per 96³ window.
 
 The whole CNN runs in channels-last memory order, where 3-D convolutions are fastest on CPU and the
 per-voxel LayerNorm and 1³ projections of MedNeXt blocks are plain last-dimension ops on a
@@ -17,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mambamim.nn.blocks import ResidualConvBlock, UpBlock, channels_last, check_input
+from mambamim.nn.blocks import ResidualConvBlock, UpBlock, channels_last, check_input, pointwise_conv
 from mambamim.nn.vision_mamba import VisionMambaStage
 
 
@@ -46,16 +53,19 @@ class MedNeXtBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Max-pool ×2, then a 3³ conv raising the channels (applied in that order)."""
+    """Level transition of the published layout: a 3³ conv raising the channels at the current
+    resolution (its output is the level's skip), then max-pool ×2."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.pool = nn.MaxPool3d(2)
         self.conv = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.pool = nn.MaxPool3d(2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(skip, pooled)``: the raised map at the input resolution and its ×2 max-pool."""
         # The CPU conv falls back to a contiguous-output kernel on small maps; keep channels-last.
-        return channels_last(self.conv(self.pool(x)))
+        skip = channels_last(self.conv(x))
+        return skip, self.pool(skip)
 
 
 def _check_levels(channels, blocks, expansion) -> None:
@@ -67,7 +77,12 @@ def _check_levels(channels, blocks, expansion) -> None:
 
 
 class HyMambaEncoder(nn.Module):
-    """HyMamba encoder; forward(x) returns the feature maps [f0 .. f4] (level i at 1/2^i).
+    """HyMamba encoder (MambaMIM §3.1, published layout); forward(x) returns [skip0 .. skip3, bottleneck].
+
+    Dataflow: ``f = stem(x)``; for i in 0..3: ``f = stages[i](f)``, ``skip_i = downsamples[i].conv(f)``
+    (``C_{i+1}`` channels at 1/2^i), ``f = downsamples[i].pool(skip_i)``; then ``f = stages[4](f)`` and
+    the bottleneck ``mamba(f)`` (C4 at 1/16). ``stages[i]`` holds the MedNeXt blocks of level i (C_i at
+    1/2^i); ``feature_channels`` lists the channels of the returned maps, (C1, C2, C3, C4, C4).
 
     Args:
         in_channels: input image channels.
@@ -102,6 +117,7 @@ class HyMambaEncoder(nn.Module):
         _check_levels(channels, blocks, expansion)
         self.in_channels = in_channels
         self.channels = tuple(channels)
+        self.feature_channels = (*self.channels[1:], self.channels[-1])
         self.size_multiple = 2 ** (len(channels) - 1)
         self.stem = nn.Conv3d(in_channels, channels[0], 3, padding=1)
         self.stages = nn.ModuleList(
@@ -119,18 +135,25 @@ class HyMambaEncoder(nn.Module):
         check_input(x, self.in_channels, self.size_multiple, type(self).__name__)
         f = channels_last(self.stem(x))
         features = []
-        for i, stage in enumerate(self.stages):
-            if i > 0:
-                f = self.downsamples[i - 1](f)
+        for stage, down in zip(self.stages, self.downsamples):
             for block in stage:
                 f = block(f)
-            features.append(f)
-        features[-1] = self.mamba(features[-1])
+            skip, f = down(f)
+            features.append(skip)
+        for block in self.stages[-1]:
+            f = block(f)
+        features.append(self.mamba(f))
         return features
 
 
 class HyMamba(nn.Module):
-    """HyMamba segmentation network (MambaMIM §3.1): :class:`HyMambaEncoder` + UNETR-style decoder.
+    """HyMamba segmentation network (MambaMIM §3.1): :class:`HyMambaEncoder` + UNETR-style decoder,
+    laid out as the published MambaMIM code (see the module docstring).
+
+    Decoder modules: ``skip_blocks[i]`` (residual block refining skip i, ``feature_channels[i]`` wide),
+    ``up_blocks[i]`` (transposed conv ×2 from ``feature_channels[i+1]``, concatenated with the refined
+    skip i, residual block to ``feature_channels[i]``), ``out_block`` (residual block
+    ``feature_channels[0] → channels[0]`` at full resolution) and ``head`` (1³ conv to the logits).
 
     Args:
         in_channels: input image channels.
@@ -169,13 +192,15 @@ class HyMamba(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.size_multiple = self.encoder.size_multiple
-        levels = len(channels) - 1
+        widths = self.encoder.feature_channels
+        levels = len(widths) - 1
         self.skip_blocks = nn.ModuleList(
-            ResidualConvBlock(channels[i], channels[i], norm=norm) for i in range(levels)
+            ResidualConvBlock(widths[i], widths[i], norm=norm) for i in range(levels)
         )
         self.up_blocks = nn.ModuleList(
-            UpBlock(channels[i + 1], channels[i], channels[i], norm=norm) for i in range(levels)
+            UpBlock(widths[i + 1], widths[i], widths[i], norm=norm) for i in range(levels)
         )
+        self.out_block = ResidualConvBlock(widths[0], channels[0], norm=norm)
         self.head = nn.Conv3d(channels[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,4 +208,4 @@ class HyMamba(nn.Module):
         *skips, y = self.encoder(x)
         for i in reversed(range(len(skips))):
             y = self.up_blocks[i](y, self.skip_blocks[i](skips[i]))
-        return self.head(y).contiguous()
+        return pointwise_conv(self.out_block(y), self.head).contiguous()

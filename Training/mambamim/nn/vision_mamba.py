@@ -118,15 +118,18 @@ class VisionMambaStage(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self._cache: dict[tuple, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
 
+    # Cache entries are built outside inference mode: an inference tensor (first call under
+    # torch.inference_mode, e.g. validation) could not be saved for a later training backward.
+
     def position_embedding(
         self, grid: tuple[int, int, int], device: torch.device, dtype: torch.dtype
     ) -> torch.Tensor:
         """Fixed sin-cos embedding (N, dim) in raster order of ``grid``, cached per grid/device/dtype."""
         key = ("pos", tuple(grid), torch.device(device), dtype)
         if key not in self._cache:
-            self._cache[key] = sincos_position_embedding_3d(tuple(grid), self.dim).to(
-                device=device, dtype=dtype
-            )
+            with torch.inference_mode(False):
+                emb = sincos_position_embedding_3d(tuple(grid), self.dim)
+                self._cache[key] = emb.to(device=device, dtype=dtype)
         return self._cache[key]
 
     def scan_order(
@@ -135,8 +138,9 @@ class VisionMambaStage(nn.Module):
         """(perm, inverse) of this stage's scan order on ``grid``; ``seq = raster[:, perm]``."""
         key = ("scan", tuple(grid), torch.device(device))
         if key not in self._cache:
-            perm = scan_permutation(self.scan_order_name, tuple(grid), self.seed).to(device)
-            self._cache[key] = (perm, inverse_permutation(perm))
+            with torch.inference_mode(False):
+                perm = scan_permutation(self.scan_order_name, tuple(grid), self.seed).to(device)
+                self._cache[key] = (perm, inverse_permutation(perm))
         return self._cache[key]
 
     def forward_sequence(

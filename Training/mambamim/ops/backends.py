@@ -14,6 +14,8 @@ import importlib
 import os
 from typing import Any, Callable, Optional
 
+import torch
+
 ENV_VAR = "MAMBAMIM_SCAN_BACKEND"
 BACKENDS = ("auto", "cuda", "torch")
 
@@ -62,19 +64,13 @@ def resolve_backend(op: str, on_cuda: bool, backend: Optional[str] = None) -> st
     return "cuda"
 
 
-def _cuda_device_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def backend_report() -> dict[str, Any]:
     """What each op runs on for CPU and for CUDA tensors under the current setting, and why."""
     try:
         request = requested_backend()
     except ValueError as error:
         request = f"error: {error}"
-    has_cuda_device = _cuda_device_available()
+    has_cuda_device = torch.cuda.is_available()
     report: dict[str, Any] = {
         "requested": request,
         "env_var": ENV_VAR,

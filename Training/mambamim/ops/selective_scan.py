@@ -10,9 +10,10 @@ For every channel d and state n (Gu & Dao, "Mamba", 2023, §3.2, Algorithm 2)::
 The pure-PyTorch backend is a custom autograd function over chunks of ``T`` time steps:
 
 * forward keeps only the state at every chunk start, (L / T, b, d, n), never the (b, d, L, n) history;
-* inside a chunk the decays ``exp(delta_t * A)`` are formed per step and the recurrence is one fused
-  ``addcmul_`` per step on a contiguous (b, d, n) slice: exact for any step size (no ratios of
-  cumulative decays, which are 0/0 once ``delta * A`` sums below about -100);
+* inputs are laid out time-major, (L, b, d), so a chunk and a step are contiguous slices; inside a
+  chunk the decays ``exp(delta_t * A)`` are formed per step and the recurrence is one fused
+  ``addcmul_`` per step on a (b, d, n) slice: exact for any step size (no ratios of cumulative
+  decays, which are 0/0 once ``delta * A`` sums below about -100);
 * backward walks the chunks in reverse, recomputes a chunk's states from its saved start state and runs
   the adjoint recurrence ``G_t = C_t * dy_t + exp(delta_{t+1} A) * G_{t+1}``, so time and memory are
   linear in L (autograd through mamba-ssm's ``selective_scan_ref`` is quadratic in L).
@@ -30,9 +31,10 @@ from mambamim.ops.backends import cuda_kernel, resolve_backend
 
 ScanOutput = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
-# Elements of one (T, b, d, n) chunk buffer: ~1 M floats (4 MB fp32) keeps the few live buffers in
-# cache while making the per-chunk overhead (about 20 tensor ops) small against T per-step ops.
-_CHUNK_ELEMENTS = 1 << 20
+# Elements of one (T, b, d, n) chunk buffer: up to ~4 M floats (16 MB fp32). Larger chunks mean fewer
+# per-chunk tensor ops (about 20, each an OpenMP parallel region, which stalls for milliseconds when
+# the CPU is oversubscribed); the few live buffers stay far below the (b, d, L, n) history.
+_CHUNK_ELEMENTS = 1 << 22
 _MAX_CHUNK = 256
 _LOG2_E = 1.4426950408889634
 

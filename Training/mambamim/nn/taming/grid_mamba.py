@@ -113,12 +113,16 @@ class GridMamba(nn.Module):
         """Per axis order ``(perm, inverse)``: sequence position i holds raster index perm[i]."""
         key = (tuple(grid), torch.device(device))
         if key not in self._order_cache:
-            raster = torch.arange(math.prod(grid)).reshape(grid)
-            orders = []
-            for axes in self.axis_orders:
-                permuted = raster.permute(axes)
-                perm = permuted.flatten()[scan_permutation(self.scan_order, tuple(permuted.shape), self.seed)]
-                orders.append((perm.to(device), inverse_permutation(perm).to(device)))
+            # built outside inference mode: index tensors made under torch.inference_mode (validation)
+            # could not be saved for a later training backward
+            with torch.inference_mode(False):
+                raster = torch.arange(math.prod(grid)).reshape(grid)
+                orders = []
+                for axes in self.axis_orders:
+                    permuted = raster.permute(axes)
+                    order = scan_permutation(self.scan_order, tuple(permuted.shape), self.seed)
+                    perm = permuted.flatten()[order]
+                    orders.append((perm.to(device), inverse_permutation(perm).to(device)))
             self._order_cache[key] = orders
         return self._order_cache[key]
 
