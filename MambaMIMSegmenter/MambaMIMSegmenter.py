@@ -48,9 +48,9 @@ class MambaMIMSegmenter(ScriptedLoadableModule):
         )
         self.parent.acknowledgementText = (
             "Methods: F. Tang et al., <i>MambaMIM: Pre-training Mamba with State Space Token Interpolation "
-            "and its Application to Medical Image Segmentation</i>, arXiv:2408.08070; and H. Chen et al., "
-            "<i>Taming Mamba for Segmentation: Effective Vision Mamba Scans for 3D Medical Image "
-            "Segmentation</i> (Taming Mambas), arXiv:2410.15496. Built on 3D Slicer, PyTorch and MONAI."
+            "and its Application to Medical Image Segmentation</i>, arXiv:2408.08070; and L. Lumetti et al., "
+            "<i>Taming Mambas for Voxel Level 3D Medical Image Segmentation</i>, arXiv:2410.15496. "
+            "Built on 3D Slicer, PyTorch and MONAI."
         )
 
 
