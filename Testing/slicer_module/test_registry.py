@@ -88,7 +88,7 @@ def test_shipped_registry_is_valid_and_its_local_models_verify(tmp_path):
     [
         ({"sha256": "abc"}, "models/0/sha256"),
         ({"task": "classification"}, "models/0/task"),
-        ({"expected_seconds": {"cpu": 3}}, "models/0/expected_seconds"),
+        ({"expected_seconds": {"gpu": 3}}, "models/0/expected_seconds"),
         ({"labels": [{"value": 0, "name": "bg", "color": [0, 0, 0]}]}, "models/0/labels/0/value"),
         ({"url": ""}, "models/0/url"),
     ],
