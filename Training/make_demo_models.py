@@ -16,7 +16,6 @@ Both use 3 mm voxels (the scan's own spacing) and small crops so that CPU traini
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -170,6 +169,8 @@ def make_reconstruction_demo(work: Path, target: Path, quick: bool) -> dict:
 
 def refresh_registry_hashes(models_dir: Path) -> None:
     """Point the SHA-256 of the shipped entries of ``Resources/models.json`` at the files just built."""
+    from mambamim.infer.package import sha256_file
+
     registry_path = ROOT / "Resources" / "models.json"
     if models_dir.resolve() != (ROOT / "Resources" / "models").resolve() or not registry_path.is_file():
         return
@@ -181,7 +182,7 @@ def refresh_registry_hashes(models_dir: Path) -> None:
     for entry in registry["models"]:
         path = files.get(entry["id"])
         if path is not None and path.is_file():
-            entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            entry["sha256"] = sha256_file(path)
     registry_path.write_text(json.dumps(registry, indent=2) + "\n")
 
 

@@ -177,7 +177,7 @@ def save_package(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        full["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256_file(tmp / WEIGHTS_FILE)}
+        full["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(tmp / WEIGHTS_FILE)}
         validate_card(full, where=f"package {out_dir}")
         (tmp / CARD_FILE).write_text(json.dumps(full, indent=2) + "\n")
         for item in tmp.iterdir():
@@ -411,7 +411,8 @@ def _check_architecture_fits_card(model: nn.Module, card: dict[str, Any], where:
         )
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
