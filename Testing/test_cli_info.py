@@ -27,6 +27,7 @@ def test_json_output_has_versions_devices_backends(capsys, monkeypatch):
     assert data["devices"]["cpu_threads"] >= 1
     assert isinstance(data["devices"]["cuda"], list) and isinstance(data["devices"]["mps"], bool)
     assert len(data["devices"]["cuda"]) == torch.cuda.device_count()
+    assert isinstance(data["huge_pages"]["requested"], bool) and data["huge_pages"]["kernel"]
     for op in ("selective_scan", "causal_conv1d"):
         assert data["backends"][op]["on_cpu"] == "torch"
         assert data["backends"][op]["reason"]

@@ -184,7 +184,7 @@ def _expected_hymamba_params(
     layer = 2 * d + _mamba_params(d, d_state, d_conv, expand) + 2 * d + (d * hidden + hidden + hidden * d + d)
     n += depth * layer + 2 * d
 
-    # decoder: residual blocks (2 bias-free convs + 2 GroupNorms, 1³ conv + norm shortcut if widths differ)
+    # decoder: residual blocks (2 bias-free convs + 2 norms, 1³ conv + norm shortcut if widths differ)
     def res(i, o):
         return conv(i, o, 3, False) + conv(o, o, 3, False) + 4 * o + ((i * o + 2 * o) if i != o else 0)
 

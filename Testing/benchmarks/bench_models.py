@@ -5,6 +5,8 @@ one forward under ``torch.utils.flop_counter.FlopCounterMode`` (counts 2 FLOPs p
 convolutions, matmuls and the like; element-wise ops and the selective scan are not counted), which
 also serves as warm-up, then ``--repeats`` timed forwards in ``torch.inference_mode``, fp32, batch 1.
 Latency is reported as min and median wall time, plus the process CPU time of the fastest run.
+Workers request huge pages for large tensors before importing torch, as the ``mambamim`` command line
+does (:mod:`mambamim.cpu_memory`); ``--no-huge-pages`` measures PyTorch's default allocation instead.
 
     python Testing/benchmarks/bench_models.py                      # 96³, all models
     python Testing/benchmarks/bench_models.py --quick              # 32³ smoke run
@@ -33,9 +35,12 @@ DEFAULT_MODELS = (
 SIZED_BY_WINDOW = ("unetr", "swin_unetr", "vanilla_mamba")  # take img_size = the benchmark window
 
 
-def _worker(name: str, size: int, repeats: int, threads: int | None) -> dict:
+def _worker(name: str, size: int, repeats: int, threads: int | None, huge_pages: bool) -> dict:
     import resource
 
+    from mambamim.cpu_memory import use_huge_pages
+
+    huge_pages = use_huge_pages() if huge_pages else False  # before torch is imported
     import torch
     from mambamim.nn import build_model, model_class
     from torch.utils.flop_counter import FlopCounterMode
@@ -70,16 +75,22 @@ def _worker(name: str, size: int, repeats: int, threads: int | None) -> dict:
         "latencies_s": walls,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
+        "huge_pages": huge_pages,
         "torch": torch.__version__,
     }
 
 
-def _run_child(name: str, size: int, repeats: int, threads: int | None, timeout: float) -> dict:
+def _run_child(
+    name: str, size: int, repeats: int, threads: int | None, huge_pages: bool, timeout: float
+) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--size", str(size), "--repeats", str(repeats)]
     if threads:
         cmd += ["--threads", str(threads)]
+    if not huge_pages:
+        cmd.append("--no-huge-pages")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}  # the flag decides
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"model": name, "error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
@@ -117,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="32³ window (64³ for Swin UNETR), one timed forward"
     )
+    parser.add_argument(
+        "--no-huge-pages", action="store_true", help="PyTorch's default allocation (no THP_MEM_ALLOC_ENABLE)"
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -124,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
 
     if args.worker:
-        print(json.dumps(_worker(args.worker, args.size, args.repeats, args.threads)))
+        print(json.dumps(_worker(args.worker, args.size, args.repeats, args.threads, not args.no_huge_pages)))
         return 0
 
     from mambamim.nn import MODELS
@@ -137,14 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         print(f"[bench_models] {name} at {size}³ ...", file=sys.stderr, flush=True)
-        rows.append(_run_child(name, size, repeats, args.threads, args.timeout))
+        rows.append(_run_child(name, size, repeats, args.threads, not args.no_huge_pages, args.timeout))
+    pages = "off" if args.no_huge_pages else "on, as the CLI"
     print(f"forward, fp32, batch 1, {size}³ window (unless listed), torch.inference_mode, CPU threads: "
-          f"{args.threads or 'default'}, {os.cpu_count()} cores; GFLOPs by FlopCounterMode")  # fmt: skip
+          f"{args.threads or 'default'}, {os.cpu_count()} cores, huge pages {pages}; "
+          "GFLOPs by FlopCounterMode")  # fmt: skip
     print(_table(rows))
     if args.out:
         tmp = f"{args.out}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"window": size, "repeats": repeats, "results": rows}, f, indent=2)
+            summary = {"window": size, "repeats": repeats, "huge_pages": not args.no_huge_pages}
+            json.dump({**summary, "results": rows}, f, indent=2)
         os.replace(tmp, args.out)
     return 0
 

@@ -46,6 +46,9 @@ def child(spec: dict) -> dict:
     """One run in this (fresh) process: build, segment, write; report times and peaks."""
     import resource
 
+    from mambamim.cpu_memory import use_huge_pages
+
+    use_huge_pages()  # as the `mambamim` command line does, before torch is imported
     import torch
     from mambamim.data.intensity import CT_WINDOW
     from mambamim.infer.package import LoadedPackage, make_card

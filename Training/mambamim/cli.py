@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mambamim.cpu_memory import use_huge_pages
+
+    use_huge_pages()  # before anything imports torch (see mambamim.cpu_memory)
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)

@@ -68,6 +68,7 @@ def collect() -> dict:
     import torch
 
     from mambamim import __version__
+    from mambamim.cpu_memory import huge_page_report
     from mambamim.ops import backend_report
 
     return {
@@ -80,6 +81,7 @@ def collect() -> dict:
         },
         "platform": platform.platform(),
         "devices": _devices(),
+        "huge_pages": huge_page_report(),
         "backends": backend_report(),
         "optional_packages": {name: _version(name) for name in OPTIONAL_PACKAGES},
     }
@@ -102,6 +104,9 @@ def _format(info: dict) -> str:
         build = devices["cuda_build"] or "none (CPU-only torch build)"
         lines.append(f"  cuda       no device available (torch CUDA build: {build})")
     lines.append(f"  mps        {'available' if devices['mps'] else 'not available'}")
+    pages = info["huge_pages"]
+    asked = "requested" if pages["requested"] else "not requested"
+    lines.append(f"Huge pages:  {asked} for large CPU tensors (kernel setting: {pages['kernel']})")
     backends = info["backends"]
     setting = f"{backends['env_var']}={backends['env_value'] or '<unset>'}"
     lines.append(f"Backends ({setting}, using {backends['requested']}):")

@@ -6,10 +6,10 @@ per class and a weight map over the model-space volume) + the input and label vo
 Activations are a heuristic: a forward pass on a small probe cube records the bytes of every leaf
 module's output, scaled linearly to the ROI. Under ``inference_mode`` most of those tensors are freed
 before the peak, so only ``ACTIVATION_PEAK_FRACTION`` of that sum is counted. Calibration (CPU,
-torch 2.13): one 96³ window of the default HyMamba sums 3.68 GB of leaf outputs and raised peak RSS
-by 1.25 GB (0.34). Segmenting the sample CT at 1.5 mm with ``--fast`` (163x135x149 grid, 8 windows,
-``Testing/benchmarks/bench_segment.py``) peaked at 2.18 GB RSS for HyMamba and 2.50 GB for
-SwinUNETR; with 0.4 the estimates are about 2.3 GB and 4.3 GB, on the safe side for both.
+torch 2.13, huge pages as the CLI runs): one 96³ window of the default HyMamba sums 4.66 GB of leaf
+outputs and raised peak RSS by 1.23 GB (0.26). Segmenting the sample CT at 1.5 mm with ``--fast``
+(163x135x149 grid, 8 windows, ``Testing/benchmarks/bench_segment.py``) peaked at 2.24 GB RSS for
+HyMamba and 2.51 GB for SwinUNETR; with 0.4 the estimates are 2.7 GB and 4.4 GB, on the safe side.
 """
 
 from __future__ import annotations

@@ -206,6 +206,7 @@ class HyMamba(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.size_multiple, type(self).__name__)
         *skips, y = self.encoder(x)
-        for i in reversed(range(len(skips))):
-            y = self.up_blocks[i](y, self.skip_blocks[i](skips[i]))
+        while skips:  # pop: each full-size skip is freed as soon as it has been used
+            i = len(skips) - 1
+            y = self.up_blocks[i](y, skips.pop(), self.skip_blocks[i])
         return pointwise_conv(self.out_block(y), self.head).contiguous()
