@@ -23,6 +23,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+SMALL_PAGE_FAULTS = 64 * 2**20 // 4096  # 16,384: a fresh 64 MiB tensor faulted in 4 KiB at a time
+
+
 def _faults(mode: str, **env: str) -> int:
     environment = {k: v for k, v in os.environ.items() if k != ENV_VAR} | env
     result = subprocess.run(
@@ -34,13 +37,13 @@ def _faults(mode: str, **env: str) -> int:
 
 @pytest.mark.skipif(huge_page_report()["kernel"] not in ("always", "madvise"), reason="no huge pages")
 def test_large_tensors_fault_in_huge_pages():
-    assert _faults("on") < 2000
+    assert _faults("on") < SMALL_PAGE_FAULTS // 2  # typically ~600; lenient where huge pages run short
 
 
 @pytest.mark.skipif(huge_page_report()["kernel"] != "madvise", reason="only an madvise kernel tells apart")
 def test_without_the_request_large_tensors_fault_in_small_pages_and_the_user_can_opt_out():
-    assert _faults("off") > 8000
-    assert _faults("on", **{ENV_VAR: "0"}) > 8000
+    assert _faults("off") > SMALL_PAGE_FAULTS // 2
+    assert _faults("on", **{ENV_VAR: "0"}) > SMALL_PAGE_FAULTS // 2
 
 
 def test_the_command_line_requests_huge_pages_before_torch_is_imported():
