@@ -2,8 +2,8 @@
 
 glibc serves every block above 32 MiB with a fresh ``mmap`` and returns it to the kernel on ``free``, so
 each new full-size activation map of a 3-D network is faulted in page by page: a 96³ × 64 float map
-is 226 MB, 55,000 faults of 4 KiB. On the 2-core test machine those faults were about 1.3 s of a 13 s
-HyMamba forward. With ``THP_MEM_ALLOC_ENABLE=1`` PyTorch aligns large tensors to 2 MiB and asks the
+is 226 MB, 55,000 faults of 4 KiB. On the 2-core test machine huge pages took a 96³ HyMamba forward
+from 12.6 s to 11.5 s. With ``THP_MEM_ALLOC_ENABLE=1`` PyTorch aligns large tensors to 2 MiB and asks the
 kernel for huge pages, 512 times fewer faults; memory still goes back to the system when freed.
 
 PyTorch reads the variable once, at its first allocation, so it only works if set before ``import

@@ -196,7 +196,6 @@ class UpBlock(nn.Module):
         super().__init__()
         self.upsample = nn.ConvTranspose3d(in_channels, out_channels, scale, stride=scale, bias=False)
         self.block = ResidualConvBlock(out_channels + skip_channels, out_channels, kernel_size, norm=norm)
-        self.skip_channels = skip_channels
 
     def forward(
         self, x: torch.Tensor, skip: torch.Tensor, skip_block: ResidualConvBlock | None = None
@@ -208,7 +207,7 @@ class UpBlock(nn.Module):
             # Both halves channels-last, so the concatenation (and every conv after it) stays so.
             return self.block(torch.cat((up, channels_last(skip)), dim=1))
         cout = weight.shape[1]
-        shape = (x.shape[0], cout + self.skip_channels, *skip.shape[2:])
+        shape = (x.shape[0], self.block.conv1.in_channels, *skip.shape[2:])
         merged = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
         upsample_transposed(x, weight, bias, out=merged[:, :cout])
         if skip_block is None:

@@ -104,17 +104,18 @@ class Mamba(nn.Module):
         self.activation = "silu"
 
         self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory)
-        self.conv1d, self.x_proj, self.dt_proj, A_log, D = self._direction_params(
-            dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, factory
-        )
-        self.A_log = nn.Parameter(A_log)
-        self.A_log._no_weight_decay = True
-        self.D = nn.Parameter(D)  # kept in fp32 like mamba-ssm
-        self.D._no_weight_decay = True
+        direction = (dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, factory)
+        self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D = self._direction_params(*direction)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        self._add_directions(*direction)
+
+    def _add_directions(self, *direction) -> None:
+        """Hook for subclasses scanning more directions (:class:`BiMamba`): ``direction`` are the
+        arguments of :meth:`_direction_params`. Called after ``out_proj``, keeping mamba-ssm's key order."""
 
     def _direction_params(self, dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, factory):
-        """conv1d, x_proj, dt_proj, A_log, D of one scan direction, initialised as mamba-ssm does."""
+        """conv1d, x_proj, dt_proj, A_log, D of one scan direction, initialised as mamba-ssm does; A_log
+        and D are fp32 parameters excluded from weight decay, as in mamba-ssm."""
         conv1d = nn.Conv1d(
             self.d_inner,
             self.d_inner,
@@ -127,8 +128,9 @@ class Mamba(nn.Module):
         x_proj = nn.Linear(self.d_inner, self.dt_rank + self.d_state * 2, bias=False, **factory)
         dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
         _init_dt_proj(dt_proj, self.dt_rank, dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
-        A_log = _s4d_real_log(self.d_inner, self.d_state, device=factory["device"])
-        D = torch.ones(self.d_inner, device=factory["device"])
+        A_log = nn.Parameter(_s4d_real_log(self.d_inner, self.d_state, device=factory["device"]))
+        D = nn.Parameter(torch.ones(self.d_inner, device=factory["device"]))
+        A_log._no_weight_decay = D._no_weight_decay = True
         return conv1d, x_proj, dt_proj, A_log, D
 
     def _check_input(self, hidden_states: torch.Tensor) -> None:
@@ -223,37 +225,10 @@ class BiMamba(Mamba):
     Arguments as :class:`Mamba`.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_rank: Union[int, str] = "auto",
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-        dt_init: str = "random",
-        dt_scale: float = 1.0,
-        dt_init_floor: float = 1e-4,
-        conv_bias: bool = True,
-        bias: bool = False,
-        use_fast_path: bool = True,
-        layer_idx: Optional[int] = None,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__(
-            d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale, dt_init_floor,
-            conv_bias, bias, use_fast_path, layer_idx, device, dtype,
-        )  # fmt: skip
-        factory = {"device": device, "dtype": dtype}
-        self.conv1d_b, self.x_proj_b, self.dt_proj_b, A_b_log, D_b = self._direction_params(
-            dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, factory
+    def _add_directions(self, *direction) -> None:
+        self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b = self._direction_params(
+            *direction
         )
-        self.A_b_log = nn.Parameter(A_b_log)
-        self.A_b_log._no_weight_decay = True
-        self.D_b = nn.Parameter(D_b)
-        self.D_b._no_weight_decay = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states (B, L, d_model) -> (B, L, d_model)."""

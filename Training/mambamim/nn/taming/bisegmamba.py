@@ -10,50 +10,11 @@ the backward keys missing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
-
-from mambamim.nn.taming.grid_mamba import GridMamba
-from mambamim.nn.taming.residual_unet import ResidualUNet
+from mambamim.nn.taming.segmamba import SegMamba
 
 
-class BiSegMamba(ResidualUNet):
-    """Residual U-Net + a bidirectional Mamba scan per encoder stage.
+class BiSegMamba(SegMamba):
+    """Residual U-Net + a bidirectional Mamba scan per encoder stage; arguments as :class:`SegMamba`
+    (``scan_order`` sets the forward direction, the backward direction scans it reversed)."""
 
-    Args:
-        in_channels: image channels.
-        out_channels: classes.
-        channels: encoder stage widths, full resolution first.
-        strides: downsampling into each stage after the first; inputs must be multiples of their product.
-        blocks_per_stage: residual blocks per encoder stage.
-        kernel_size: conv kernel size.
-        deep_supervision: train mode returns ``[full-res logits, 1/2, 1/4, ...]``; eval mode a tensor.
-        scan_order: token order within the stage grid (``mambamim.nn.scan_orders.SCAN_ORDERS``); the
-            backward direction scans it reversed.
-        seed: seed of the "shuffle" scan order.
-        d_state, d_conv, expand: Mamba hyper-parameters.
-    """
-
-    size_multiple = 16
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        out_channels: int = 14,
-        channels: Sequence[int] = (32, 64, 128, 256, 320),
-        strides: Sequence[int] = (2, 2, 2, 2),
-        blocks_per_stage: Sequence[int] = (1, 3, 4, 6, 6),
-        kernel_size: int = 3,
-        deep_supervision: bool = False,
-        scan_order: str = "raster",
-        seed: int = 0,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-    ) -> None:
-        super().__init__(
-            in_channels, out_channels, channels, strides, blocks_per_stage, kernel_size, deep_supervision,
-            mamba_layer=partial(GridMamba, bidirectional=True, scan_order=scan_order, seed=seed,
-                                d_state=d_state, d_conv=d_conv, expand=expand),
-            mamba_in_skips=False,
-        )
+    bidirectional = True

@@ -32,6 +32,7 @@ class SegMamba(ResidualUNet):
     """
 
     size_multiple = 16
+    bidirectional = False  # BiSegMamba: True
 
     def __init__(
         self,
@@ -50,7 +51,7 @@ class SegMamba(ResidualUNet):
     ) -> None:
         super().__init__(
             in_channels, out_channels, channels, strides, blocks_per_stage, kernel_size, deep_supervision,
-            mamba_layer=partial(GridMamba, bidirectional=False, scan_order=scan_order, seed=seed,
+            mamba_layer=partial(GridMamba, bidirectional=self.bidirectional, scan_order=scan_order, seed=seed,
                                 d_state=d_state, d_conv=d_conv, expand=expand),
             mamba_in_skips=False,
         )
