@@ -49,8 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--modality",
         choices=("CT", "MR"),
         default=None,
-        help="modality of the input; refuses a model for another modality (default: trust the model card)",
+        help="declare the input's modality instead of guessing it (DICOM Modality tag, else intensities); "
+        "a model for another modality is refused",
     )
+    checks = parser.add_argument_group(
+        "input checks (each refuses by default, saying what it saw)"
+    )
+    checks.add_argument(
+        "--allow-label-map", action="store_true",
+        help="segment an input that looks like a label map (few integer values in constant regions)",
+    )  # fmt: skip
+    checks.add_argument(
+        "--allow-other-modality", action="store_true",
+        help="run the model even when the input's modality differs from the model card's",
+    )  # fmt: skip
+    checks.add_argument(
+        "--allow-small", action="store_true",
+        help="segment a volume spanning less than 30 mm along some axis",
+    )  # fmt: skip
     parser.add_argument("--progress", choices=("json", "bar", "none"), default="bar")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
@@ -94,6 +110,9 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         sw_batch_size=args.sw_batch_size,
         keep_largest=args.keep_largest,
         modality=args.modality,
+        allow_label_map=args.allow_label_map,
+        allow_other_modality=args.allow_other_modality,
+        allow_small=args.allow_small,
     )
     if args.input.is_dir() and not is_dicom_folder(args.input):
         if args.reference is not None:

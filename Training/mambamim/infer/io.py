@@ -2,8 +2,10 @@
 
 Readers: NIfTI and NRRD (SimpleITK), MGH/MGZ (nibabel, converted from RAS to LPS), DICOM series
 folders (GDCM through ``ImageSeriesReader``: slices sorted by position, rescale slope/intercept
-applied, direction cosines kept). Writers: NIfTI or NRRD, written to a temporary file then renamed,
-so a failed or interrupted write never leaves a partial file at the requested path.
+applied, direction cosines kept; the DICOM Modality tag is kept as the image's ``0008|0060`` metadata). Files
+are checked for what they hold before any reader converts them (:mod:`mambamim.infer.file_integrity`).
+Writers: NIfTI or NRRD through :func:`mambamim.safe_write.safe_write`, so a failed or interrupted write
+never leaves a partial file at, or beside, the requested path.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from mambamim.infer.file_integrity import ImageReadError, verify_image_file
+from mambamim.safe_write import safe_write
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +28,9 @@ READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgh", ".
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd")
 # Slices further than this fraction of the median gap from a regular grid mean missing or tilted slices.
 _SLICE_GAP_TOLERANCE = 0.05
+DICOM_MODALITY_KEY = "0008|0060"
 
-
-class ImageReadError(ValueError):
-    """The file or folder is not a usable 3-D volume; the message names it and says why."""
+__all__ = ["ImageReadError", "read_image", "write_image", "write_csv", "check_output_path"]
 
 
 def image_suffix(path: str | Path) -> str:
@@ -45,8 +48,9 @@ def is_dicom_folder(path: str | Path) -> bool:
 def read_image(path: str | Path, *, allow_constant: bool = False) -> sitk.Image:
     """Read a 3-D scalar volume from a file or a DICOM series folder.
 
-    Refuses (``ImageReadError`` naming the file) 2-D and 4-D images, vector images, empty volumes,
-    volumes containing NaN or infinite values and, unless ``allow_constant`` (label maps may
+    Refuses (``ImageReadError`` naming the file) truncated or corrupt files and headers declaring more
+    data than the file can hold (before allocating), 2-D and 4-D images, vector images, empty volumes,
+    volumes containing NaN or infinite values (as stored in the file) and, unless ``allow_constant`` (label maps may
     legitimately be all background), volumes whose voxels all have the same value.
     """
     path = Path(path)
@@ -54,18 +58,15 @@ def read_image(path: str | Path, *, allow_constant: bool = False) -> sitk.Image:
         raise ImageReadError(f"input {path} does not exist")
     if path.is_dir():
         image = _read_dicom_series(path)
-    elif image_suffix(path) in (".mgh", ".mgz"):
-        image = _read_with_nibabel(path)
     else:
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as err:
-            raise ImageReadError(f"cannot read {path}: {_first_line(err)}") from None
+        verify_image_file(path)
+        image = _read_with_nibabel(path) if image_suffix(path) in (".mgh", ".mgz") else _read_with_itk(path)
     return _check_volume(image, path, allow_constant=allow_constant)
 
 
 def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
-    """Fail early (before any work) on an unsupported output format, a folder, or an existing file."""
+    """Fail early (before any work) on an unsupported format, a folder, an existing file or a place
+    where the output cannot be written."""
     path = Path(path)
     suffix = image_suffix(path)
     if suffix not in WRITE_SUFFIXES:
@@ -77,23 +78,43 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
         raise ValueError(f"output {path} is a folder; give a file name ending in .nii.gz or .nrrd")
     if path.exists() and not overwrite:
         raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
+    check_writable(path)
     return path
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, naming ``path``, an output whose folder cannot be created or written into.
+
+    The folder is probed by creating (and at once deleting) a file in it, which also catches read-only
+    file systems and access-control lists that permission bits do not show.
+    """
+    path = Path(path)
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"cannot write output {path}: {existing} is not a folder")
+    if existing != folder:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write output {path}: cannot create folders in {existing}")
+        return
+    probe = folder / f".mambamim-write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write output {path}: the folder {folder} is not writable ({err.strerror})"
+        ) from None
+    os.close(fd)
+    probe.unlink(missing_ok=True)
 
 
 def write_image(image: sitk.Image, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``image`` as NIfTI or NRRD (by suffix) atomically; refuse an existing path unless overwrite."""
     path = check_output_path(path, overwrite)
-    suffix = image_suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder as the target so os.replace is an atomic rename; same suffix so ITK picks the format.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp_name, useCompression=True)
-        publish(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with safe_write(path) as tmp:  # same file name, so ITK picks the format by suffix
+        sitk.WriteImage(image, str(tmp), useCompression=True)
     return path
 
 
@@ -104,30 +125,11 @@ def write_csv(
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(fieldnames), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        publish(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with safe_write(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fieldnames), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
     return path
-
-
-def publish(tmp: str | Path, path: str | Path, directory: bool = False) -> None:
-    """Give a finished temporary file (or folder) normal permissions and rename it onto ``path``.
-
-    ``mkstemp`` / ``mkdtemp`` create private (0600 / 0700) entries; outputs get what the user's umask
-    allows, like any other file they write.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
-    os.replace(tmp, path)
 
 
 def _first_line(err: Exception) -> str:
@@ -166,6 +168,8 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise ImageReadError(f"cannot read the DICOM series in {folder}: {_first_line(err)}") from None
     if len(files) > 2:
         _check_slice_positions(reader, len(files), folder)
+    if reader.HasMetaDataKey(0, DICOM_MODALITY_KEY):
+        image.SetMetaData(DICOM_MODALITY_KEY, reader.GetMetaData(0, DICOM_MODALITY_KEY).strip())
     return image
 
 
@@ -189,6 +193,13 @@ def _check_slice_positions(reader: sitk.ImageSeriesReader, n: int, folder: Path)
         )
 
 
+def _read_with_itk(path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise ImageReadError(f"cannot read {path}: {_first_line(err)}") from None
+
+
 def _read_with_nibabel(path: Path) -> sitk.Image:
     """Read with nibabel and rebuild an equivalent ``sitk.Image`` (RAS affine -> LPS geometry)."""
     import nibabel as nib
@@ -202,6 +213,7 @@ def _read_with_nibabel(path: Path) -> sitk.Image:
         data = data[..., 0]
     if data.ndim != 3:
         raise ImageReadError(f"{path} has {data.ndim} dimensions {data.shape}; a 3-D volume is needed")
+    data = data.astype(data.dtype.newbyteorder("="), copy=False)  # MGH stores big-endian; ITK wants native
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(img.affine, dtype=np.float64)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     if np.any(spacing <= 0):

@@ -5,6 +5,12 @@ and constructor config), what the input must look like (channels, modality, spac
 normalisation, ROI size, overlap) and what the output labels mean (value, name, colour, optional
 SNOMED-CT code). Loading verifies the SHA-256 of the weights and that they load *strictly* into
 ``build_model(name, **config)``, so a package can never silently run with wrong or partial weights.
+
+The card's ``weights.file`` must be a plain file name inside the package: a path (``../x``, ``/etc/x``,
+``sub/x``) or anything but a regular file (a device such as ``/dev/zero``, a link leaving the package)
+is refused before anything is read. A ``.zip`` package may hold only plain top-level (or one-folder)
+member names and at most ``MAX_PACKAGE_BYTES`` once decompressed, counted while reading, not taken
+from the archive's own size fields.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ import inspect
 import io
 import json
 import os
-import shutil
-import tempfile
+import stat
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +32,14 @@ import torch
 from torch import nn
 
 from mambamim.data.intensity import validate_intensity_spec
-from mambamim.infer.io import publish
+from mambamim.safe_write import safe_write
 
 FORMAT_VERSION = 1
 CARD_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 MODALITIES = ("CT", "MR")
+# The largest network we ship or train is well under 1 GB of float32 weights.
+MAX_PACKAGE_BYTES = 4 * 2**30
 # Distinct, colour-blind-friendlier defaults (Okabe-Ito, then Tableau) for labels without a colour.
 _PALETTE = (
     (230, 159, 0),
@@ -173,24 +181,12 @@ def save_package(
     }
     full["labels"] = parse_labels(full.get("labels", []))
     _check_architecture_fits_card(model, full, where=f"package {out_dir}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with safe_write(out_dir) as tmp:
+        tmp.mkdir()
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         full["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(tmp / WEIGHTS_FILE)}
         validate_card(full, where=f"package {out_dir}")
         (tmp / CARD_FILE).write_text(json.dumps(full, indent=2) + "\n")
-        for item in tmp.iterdir():
-            publish(item, item)  # only the permissions change here
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            publish(tmp, out_dir, directory=True)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            publish(tmp, out_dir, directory=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -200,17 +196,10 @@ def write_zip(package_dir: Union[str, Path], zip_path: Union[str, Path], overwri
     read_card(package_dir)  # never archive an invalid package
     if zip_path.exists() and not overwrite:
         raise FileExistsError(f"archive {zip_path} already exists; pass --overwrite to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".tmp", dir=zip_path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for item in sorted(package_dir.iterdir()):
-                if item.is_file():
-                    archive.write(item, item.name)
-        publish(tmp, zip_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with safe_write(zip_path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for item in sorted(package_dir.iterdir()):
+            if item.is_file():
+                archive.write(item, item.name)
     return zip_path
 
 
@@ -256,7 +245,22 @@ def validate_card(card: dict[str, Any], where: str = "model card") -> dict[str, 
         raise PackageError(
             f"{where}: weights must be {{'file': name, 'sha256': 64 hex digits}}, got {weights!r}"
         )
+    if not _is_plain_name(weights["file"]):
+        raise PackageError(
+            f"{where}: the weights file {weights['file']!r} is not a plain file name inside the package "
+            "(paths such as ../x, /dev/zero or sub/x are refused)"
+        )
     return card
+
+
+def _is_plain_name(name: Any) -> bool:
+    """A file name without folders, drive letters, parent references or control characters."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\:") and name.isprintable()
+        and name == name.strip()
+    )
 
 
 def _validate_input_section(section: Any, where: str) -> None:
@@ -295,27 +299,36 @@ def _read_package_files(path: Path, *, with_weights: bool) -> tuple[dict[str, An
         card_path = path / CARD_FILE
         if not card_path.is_file():
             raise PackageError(f"model package {path} has no {CARD_FILE}")
-        card = _parse_card(card_path.read_bytes(), path)
+        card = _parse_card(_read_regular_file(card_path, path), path)
         if not with_weights:
             return card, {}
-        weights_path = path / card["weights"]["file"]
-        if not weights_path.is_file():
-            raise PackageError(f"model package {path}: weights file {card['weights']['file']} is missing")
-        blob = weights_path.read_bytes()
+        blob = _read_regular_file(path / card["weights"]["file"], path)
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            unsafe = [n for n in names if not all(_is_plain_name(part) for part in n.rstrip("/").split("/"))]
+            if unsafe or any(n.count("/") - n.endswith("/") > 1 for n in names):
+                raise PackageError(
+                    f"model package {path}: the archive holds unsafe or nested member names "
+                    f"({', '.join(repr(n) for n in (unsafe or names)[:3])}); only plain file names are allowed"
+                )
+            declared = sum(info.file_size for info in archive.infolist())
+            if declared > MAX_PACKAGE_BYTES:
+                raise PackageError(
+                    f"model package {path}: the archive decompresses to {declared / 2**30:.1f} GiB, more than "
+                    f"the {MAX_PACKAGE_BYTES // 2**30} GiB a model package may hold"
+                )
             card_names = [n for n in names if n == CARD_FILE or n.endswith("/" + CARD_FILE)]
             if len(card_names) != 1:
                 raise PackageError(f"model package {path}: the archive must hold exactly one {CARD_FILE}")
             prefix = card_names[0][: -len(CARD_FILE)]
-            card = _parse_card(archive.read(card_names[0]), path)
+            card = _parse_card(_read_member(archive, card_names[0], path), path)
             if not with_weights:
                 return card, {}
             member = prefix + card["weights"]["file"]
             if member not in names:
                 raise PackageError(f"model package {path}: weights file {member} is missing from the archive")
-            blob = archive.read(member)
+            blob = _read_member(archive, member, path)
     else:
         raise PackageError(f"model package {path} is neither a package folder nor a .zip archive")
     digest = hashlib.sha256(blob).hexdigest()
@@ -325,6 +338,40 @@ def _read_package_files(path: Path, *, with_weights: bool) -> tuple[dict[str, An
             f"{card['weights']['sha256']}; the weights are corrupt or were replaced"
         )
     return card, _deserialize_weights(blob, card["weights"]["file"], path)
+
+
+def _read_regular_file(file: Path, package: Path) -> bytes:
+    """Bytes of a regular file inside the package folder (no devices, no links leading out)."""
+    where = f"model package {package}"
+    try:
+        mode = os.stat(file).st_mode
+    except OSError:
+        raise PackageError(f"{where}: {file.name} is missing") from None
+    if not stat.S_ISREG(mode):
+        raise PackageError(f"{where}: {file.name} is not a regular file (a device, folder or pipe)")
+    if file.resolve().parent != package.resolve():
+        raise PackageError(f"{where}: {file.name} is a link to {file.resolve()}, outside the package")
+    if os.stat(file).st_size > MAX_PACKAGE_BYTES:
+        raise PackageError(f"{where}: {file.name} is larger than {MAX_PACKAGE_BYTES // 2**30} GiB")
+    return file.read_bytes()
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, package: Path) -> bytes:
+    """A member's bytes, refusing more than ``MAX_PACKAGE_BYTES`` whatever the archive declares."""
+    chunks, total = [], 0
+    try:
+        with archive.open(name) as member:
+            for chunk in iter(lambda: member.read(1 << 20), b""):
+                total += len(chunk)
+                if total > MAX_PACKAGE_BYTES:
+                    raise PackageError(
+                        f"model package {package}: {name} decompresses to more than "
+                        f"{MAX_PACKAGE_BYTES // 2**30} GiB; refusing a zip bomb"
+                    )
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise PackageError(f"model package {package}: {name} is corrupt in the archive ({err})") from None
+    return b"".join(chunks)
 
 
 def _parse_card(raw: bytes, path: Path) -> dict[str, Any]:

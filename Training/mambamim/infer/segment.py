@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from mambamim.infer.input_checks import check_segmentation_input
 from mambamim.infer.io import check_output_path, read_image, write_image
 from mambamim.infer.memory import (
     MemoryEstimate,
@@ -72,15 +73,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_modality(card: dict[str, Any], modality: Optional[str], package_path: Union[str, Path]) -> None:
-    """Refuse a package made for another modality or more input channels than one image provides."""
-    expected = card["input"]["modality"]
-    if modality is not None and modality.upper() != expected:
-        raise ValueError(
-            f"model package {package_path} is for {expected} images but the input was declared "
-            f"{modality.upper()}; "
-            f"choose a {modality.upper()} model"
-        )
+def check_channels(card: dict[str, Any], package_path: Union[str, Path]) -> None:
+    """Refuse a package needing more input channels than one image provides."""
     if int(card["input"]["channels"]) != 1:
         raise ValueError(
             f"model package {package_path} needs {card['input']['channels']} input channels; "
@@ -98,13 +92,31 @@ def segment_image(
     sw_batch_size: Optional[int] = None,
     keep_largest: bool = False,
     modality: Optional[str] = None,
+    allow_label_map: bool = False,
+    allow_other_modality: bool = False,
+    allow_small: bool = False,
+    source: str = "the input volume",
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> SegmentResult:
-    """Segment ``image`` with ``package``; see the module docstring."""
+    """Segment ``image`` with ``package``; see the module docstring.
+
+    Before any work, label maps, another modality than the card's and volumes too small to segment are
+    refused (:func:`mambamim.infer.input_checks.check_segmentation_input`; ``modality`` declares the
+    input's modality, each ``allow_*`` turns one check off). ``source`` names the image in messages.
+    """
     t_start = time.perf_counter()
     card = package.card
-    check_modality(card, modality, package.path)
+    check_channels(card, package.path)
+    check_segmentation_input(
+        image,
+        source,
+        card,
+        modality=modality,
+        allow_label_map=allow_label_map,
+        allow_other_modality=allow_other_modality,
+        allow_small=allow_small,
+    )
     tracker = ProgressTracker(progress, _STAGES)
     notes: list[str] = []
 
@@ -225,9 +237,11 @@ def segment_file(
     def inner(event: ProgressEvent) -> None:
         emit(ProgressEvent(event.stage, 0.05 + 0.9 * event.fraction, event.eta_s, event.message))
 
+    options.setdefault("source", str(input_path))
     result = segment_image(image, package, progress=inner, cancel=cancel, **options)
     if cancel is not None:
         cancel.raise_if_cancelled()
+    check_output_path(output_path, overwrite)  # again: the folder may have changed during the run
     emit(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
     t = time.perf_counter()
     result.output = write_image(result.labels, output_path, overwrite=overwrite)

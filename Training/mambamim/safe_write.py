@@ -1,0 +1,144 @@
+"""Write every output through one door: a temporary path away from the user's files, then a rename.
+
+``with safe_write(path) as tmp:`` yields a path with ``path``'s own file name (so writers that pick a
+format by suffix, like ITK and matplotlib, still do) inside a private staging folder named
+``mambamim-partial-<pid>-*`` in the system temporary folder (``TMPDIR``). When the block ends without
+an exception the result gets the permissions the user's umask allows (like any file they create) and is
+renamed onto ``path``; on an exception, Ctrl-C or cancellation the staging folder is removed and
+``path`` is untouched. A reader therefore only ever sees no file or the whole file.
+
+When ``path`` is on another file system than the temporary folder, a rename cannot cross it: the
+result is copied next to ``path`` under a hidden name that no image reader accepts
+(``.<name>.mambamim-partial-<pid>-*``) and renamed from there. A process killed outright (SIGKILL, power
+loss) cannot clean up, so every ``safe_write`` first sweeps staging entries of *dead* processes (in the
+temporary folder and in the target folder), saying what it removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+STAGING_PREFIX = "mambamim-partial-"
+# Staging folders in the temp folder, and hidden copies / moved-aside folders beside a target.
+_STAGING_NAME = re.compile(r"^mambamim-partial-(\d+)-")
+_HIDDEN_NAME = re.compile(r"^\..+\.mambamim-partial-(\d+)-")
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the mode a plain ``open``/``mkdir`` would."""
+    umask = current_umask()
+    path = Path(path)
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(Path(root) / name, 0o777 & ~umask)
+            for name in files:
+                os.chmod(Path(root) / name, 0o666 & ~umask)
+        os.chmod(path, 0o777 & ~umask)
+    else:
+        os.chmod(path, 0o666 & ~umask)
+
+
+@contextmanager
+def safe_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path for ``path`` (a file or a folder); publish it atomically on success.
+
+    The caller writes a file or creates a folder at the yielded path; an existing ``path`` is replaced
+    (callers check ``overwrite`` themselves, before any work).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+    try:
+        tmp = staging / path.name
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"nothing was written for {path}")
+        apply_umask(tmp)
+        _move_into_place(tmp, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    if os.stat(tmp.parent).st_dev == os.stat(path.parent).st_dev:
+        _replace(tmp, path)
+        return
+    # Another file system: copy beside the target under a hidden name no reader takes for a result.
+    hidden = path.with_name(f".{path.name}.{STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        if tmp.is_dir():
+            shutil.copytree(tmp, hidden)
+        else:
+            shutil.copy2(tmp, hidden)
+        _replace(hidden, path)
+    finally:
+        if hidden.is_dir():
+            shutil.rmtree(hidden, ignore_errors=True)
+        else:
+            hidden.unlink(missing_ok=True)
+
+
+def _replace(source: Path, path: Path) -> None:
+    """``os.replace``, also for a folder replacing an existing folder (moved aside, then deleted)."""
+    if source.is_dir() and path.is_dir():
+        old = path.with_name(f".{path.name}.{STAGING_PREFIX}{os.getpid()}-old")
+        os.replace(path, old)
+        os.replace(source, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, path)
+
+
+def sweep_stale(folder: str | os.PathLike) -> list[Path]:
+    """Remove staging entries left by processes that no longer run, in ``folder`` and the temp folder."""
+    removed = []
+    for where, pattern in ((Path(tempfile.gettempdir()), _STAGING_NAME), (Path(folder), _HIDDEN_NAME)):
+        try:
+            entries = list(where.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            match = pattern.match(entry.name)
+            if match is None or _process_alive(int(match.group(1))):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+            logger.warning(
+                "removed %s, a partial output left by an interrupted mambamim run (process %s)",
+                entry,
+                match.group(1),
+            )
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
