@@ -65,7 +65,9 @@ def verify_image_file(path: Path) -> None:
     _check_declared_size(path, declared)
     slope, inter = declared.scaling
     if not (math.isfinite(slope) or math.isnan(slope)) or not (math.isfinite(inter) or math.isnan(inter)):
-        raise ImageReadError(f"{path} has a non-finite intensity scaling (scl_slope {slope}, scl_inter {inter})")
+        raise ImageReadError(
+            f"{path} has a non-finite intensity scaling (scl_slope {slope}, scl_inter {inter})"
+        )
     if declared.compression == "gzip":
         _scan_gzip(path, declared)
     elif declared.compression is None and declared.dtype.kind in "fc":

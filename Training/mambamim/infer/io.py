@@ -30,7 +30,7 @@ WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd")
 _SLICE_GAP_TOLERANCE = 0.05
 DICOM_MODALITY_KEY = "0008|0060"
 
-__all__ = ["ImageReadError", "read_image", "write_image", "write_csv", "check_output_path"]
+__all__ = ["ImageReadError", "check_output_path", "read_image", "write_csv", "write_image"]
 
 
 def image_suffix(path: str | Path) -> str:
@@ -48,10 +48,11 @@ def is_dicom_folder(path: str | Path) -> bool:
 def read_image(path: str | Path, *, allow_constant: bool = False) -> sitk.Image:
     """Read a 3-D scalar volume from a file or a DICOM series folder.
 
-    Refuses (``ImageReadError`` naming the file) truncated or corrupt files and headers declaring more
-    data than the file can hold (before allocating), 2-D and 4-D images, vector images, empty volumes,
-    volumes containing NaN or infinite values (as stored in the file) and, unless ``allow_constant`` (label maps may
-    legitimately be all background), volumes whose voxels all have the same value.
+    Refuses (``ImageReadError`` naming the file) truncated or corrupt files and headers declaring
+    more data than the file can hold (before allocating), 2-D and 4-D images, vector images, empty
+    volumes, volumes containing NaN or infinite values (as stored in the file) and, unless
+    ``allow_constant`` (label maps may legitimately be all background), volumes whose voxels all have
+    the same value.
     """
     path = Path(path)
     if not path.exists():

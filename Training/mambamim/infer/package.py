@@ -310,13 +310,14 @@ def _read_package_files(path: Path, *, with_weights: bool) -> tuple[dict[str, An
             if unsafe or any(n.count("/") - n.endswith("/") > 1 for n in names):
                 raise PackageError(
                     f"model package {path}: the archive holds unsafe or nested member names "
-                    f"({', '.join(repr(n) for n in (unsafe or names)[:3])}); only plain file names are allowed"
+                    f"({', '.join(repr(n) for n in (unsafe or names)[:3])}); "
+                    "only plain file names are allowed"
                 )
             declared = sum(info.file_size for info in archive.infolist())
             if declared > MAX_PACKAGE_BYTES:
                 raise PackageError(
-                    f"model package {path}: the archive decompresses to {declared / 2**30:.1f} GiB, more than "
-                    f"the {MAX_PACKAGE_BYTES // 2**30} GiB a model package may hold"
+                    f"model package {path}: the archive decompresses to {declared / 2**30:.1f} GiB, "
+                    f"more than the {MAX_PACKAGE_BYTES // 2**30} GiB a model package may hold"
                 )
             card_names = [n for n in names if n == CARD_FILE or n.endswith("/" + CARD_FILE)]
             if len(card_names) != 1:
