@@ -1,8 +1,9 @@
 """Atomic, weights-only training checkpoints and the RNG state they carry.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, written with ``torch.save``
-to a temporary file in the target folder and renamed over the target (``os.replace`` is atomic), so a
-crash mid-write never leaves a truncated checkpoint. Loading uses ``weights_only=True``: no arbitrary
+through :func:`mambamim.safe_write.safe_write` (a temporary file away from the run folder, flushed to
+disk, then renamed over the target), so a crash or SIGKILL mid-write never leaves a truncated
+checkpoint or a stray temporary file in the run folder. Loading uses ``weights_only=True``: no arbitrary
 pickles are ever executed, which is why RNG states are stored as tensors and plain numbers.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,29 +19,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from mambamim.safe_write import safe_write
+
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or not the kind the caller expects; the message names the file."""
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with safe_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

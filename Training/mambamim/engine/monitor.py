@@ -7,11 +7,11 @@ it unconditionally.
 from __future__ import annotations
 
 import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
+
+from mambamim.safe_write import safe_write
 
 
 class CsvLog:
@@ -22,19 +22,17 @@ class CsvLog:
         if resume_step is not None and path.is_file():
             self._truncate_after(resume_step)
         if not path.is_file():
-            with open(path, "w", newline="", encoding="utf-8") as f:
+            with safe_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerow(columns)
 
     def _truncate_after(self, step: int) -> None:
         # Rows written after the last checkpoint belong to steps the resumed run will redo.
         with open(self.path, newline="", encoding="utf-8") as f:
             rows = [row for row in csv.DictReader(f) if int(float(row.get("step") or 0)) <= step]
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        with safe_write(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="", encoding="utf-8") as f:

@@ -32,6 +32,7 @@ from mambamim.engine.setup import (
     stderr_report,
     write_json_atomic,
 )
+from mambamim.safe_write import safe_write
 
 PRETRAIN_FORMAT = "mambamim-pretrain"
 FORMAT_VERSION = 1
@@ -121,9 +122,8 @@ def export_encoder(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap_model(model).encoder_state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "mambamim-encoder"})
-    os.replace(tmp, path)
+    with safe_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "mambamim-encoder"})
 
 
 def run_pretrain(

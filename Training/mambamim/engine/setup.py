@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import random
 import sys
 from collections.abc import Callable, Mapping
@@ -16,6 +15,8 @@ import numpy as np
 import torch
 
 from mambamim.engine.checkpoint import CheckpointError, load_checkpoint
+from mambamim.nn.state_dict import strict_mismatch
+from mambamim.safe_write import safe_write
 
 
 def seed_everything(seed: int) -> None:
@@ -90,14 +91,12 @@ def load_resume(
 
 def load_model_state(model: torch.nn.Module, state_dict: dict[str, Any], path: Path) -> None:
     """Strict load; a checkpoint of another architecture or size is a clear error naming the file."""
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
+    mismatch = strict_mismatch(model, state_dict)
+    if mismatch is not None:
         raise CheckpointError(
-            f"checkpoint {path} does not fit this model (another architecture or size?): "
-            f"{' '.join(first[:3])}"
-        ) from None
+            f"checkpoint {path} does not fit this model (another architecture or size?): {mismatch}"
+        )
+    model.load_state_dict(state_dict)
 
 
 def prepare_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
@@ -141,9 +140,8 @@ def start_run(
 
 
 def write_json_atomic(path: Path, content: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with safe_write(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
 def stderr_report(enabled: bool) -> Callable[[str], None]:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from mambamim.data.intensity import validate_intensity_spec
+from mambamim.nn.state_dict import strict_mismatch
 from mambamim.safe_write import safe_write
 
 FORMAT_VERSION = 1
@@ -408,24 +409,10 @@ def _build_strict(
         raise PackageError(
             f"{where}: cannot build architecture {name!r} with config {config}: {err}"
         ) from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        k for k in expected if k in state_dict and tuple(expected[k].shape) != tuple(state_dict[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        details = []
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("shape-mismatched", mismatched),
-        ):
-            if keys:
-                details.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    mismatch = strict_mismatch(model, state_dict)
+    if mismatch is not None:
         raise PackageError(
-            f"{where}: the weights do not match architecture {name!r} with config {config}: "
-            + "; ".join(details)
+            f"{where}: the weights do not match architecture {name!r} with config {config}: {mismatch}"
         )
     model.load_state_dict(state_dict, strict=True)
     return model

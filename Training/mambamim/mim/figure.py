@@ -7,11 +7,11 @@ the image's left, anterior / superior up. Rendered with matplotlib's Agg canvas 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from mambamim.safe_write import safe_write
 
 
 def _planes(volume: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -65,13 +65,6 @@ def save_reconstruction_figure(
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp_name, dpi=100)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with safe_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path

@@ -29,6 +29,7 @@ from mambamim.mim.sparse import cnn_features, visible_mamba_sequence
 from mambamim.mim.toki import TOKI
 from mambamim.nn.blocks import channels_last, check_input
 from mambamim.nn.hymamba import HyMambaEncoder
+from mambamim.nn.state_dict import strict_mismatch
 
 MASK_TOKENS = ("toki", "learnable")
 
@@ -190,10 +191,10 @@ class MambaMIM(nn.Module):
             raise ValueError(
                 f"checkpoint {path}: cannot build MambaMIM from config['model']: {exc}"
             ) from None
-        try:
-            model.load_state_dict(payload["model"])
-        except RuntimeError as exc:
-            raise ValueError(f"checkpoint {path}: weights do not match its MambaMIM config: {exc}") from None
+        mismatch = strict_mismatch(model, payload["model"])
+        if mismatch is not None:
+            raise ValueError(f"checkpoint {path}: its weights do not fit its own MambaMIM config: {mismatch}")
+        model.load_state_dict(payload["model"])
         return model
 
 

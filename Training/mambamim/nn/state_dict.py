@@ -76,3 +76,29 @@ def load_partial_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
     report.unexpected = [key for key in state_dict if key not in own]
     model.load_state_dict(loadable, strict=False)
     return report
+
+
+def strict_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """One line saying why ``state_dict`` cannot load strictly into ``model``, or None when it can.
+
+    Counts missing, unexpected and shape-mismatched keys with up to three examples each, so an error
+    names what does not fit instead of PyTorch's multi-line dump.
+    """
+    own = model.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    mismatched = [
+        f"{key} {list(state_dict[key].shape)} vs {list(own[key].shape)}"
+        for key in own
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(own[key].shape)
+    ]
+    parts = [
+        f"{len(keys)} {label} ({_abbreviate(keys, 3)})"
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape-mismatched, checkpoint vs model", mismatched),
+        )
+        if keys
+    ]
+    return "; ".join(parts) or None
