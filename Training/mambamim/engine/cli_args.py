@@ -69,6 +69,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ..
     run.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     run.add_argument("--workers", type=int, help="data-loading worker processes")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs are still written)")
+    run.add_argument(
+        "--checkpoint-every", type=int, metavar="STEPS",
+        help="also write last.pt every STEPS optimiser steps (default 0: at the end of each epoch); a run "
+        "killed outright loses at most this interval, Ctrl-C loses nothing",
+    )  # fmt: skip
 
     train = parser.add_argument_group("training (default: from --preset)")
     train.add_argument("--crop-size", dest="roi", type=int, help="edge of the cubic training crops (voxels)")
@@ -92,7 +97,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ..
 def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The explicitly given training options, as config field overrides."""
     names = ("roi", "num_samples", "batch", "epochs", "lr", "weight_decay", "warmup_epochs", "grad_clip",
-             "spacing", "intensity", "seed", "amp", "cache")  # fmt: skip
+             "spacing", "intensity", "seed", "amp", "cache", "checkpoint_every")  # fmt: skip
     return {name: getattr(args, name) for name in names}
 
 

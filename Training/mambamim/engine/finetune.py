@@ -36,6 +36,7 @@ from mambamim.engine.monitor import TrainingMonitor
 from mambamim.engine.schedule import build_optimizer, build_scheduler, frozen_until, warmup_cosine
 from mambamim.engine.setup import (
     apply_preset,
+    check_checkpoint_every,
     config_to_dict,
     crops_per_volume_check,
     load_model_state,
@@ -96,6 +97,7 @@ class FinetuneConfig:
     seed: int = 0
     amp: bool = True
     cache: bool = True
+    checkpoint_every: int = 0  # optimiser steps between checkpoints (0: at the end of each epoch only)
     package_name: str = ""
     training_data: str = ""  # description for the model card
     license: str = "unspecified"
@@ -103,6 +105,7 @@ class FinetuneConfig:
     def validate(self) -> None:
         if not self.data:
             raise ValueError("no training data given (a dataset.json, or an image folder with --labels-dir)")
+        check_checkpoint_every(self.checkpoint_every)
         if self.epochs < 1 or self.lr <= 0 or self.val_every < 1:
             raise ValueError("--epochs and --val-every must be >= 1 and --lr > 0")
         if self.roi < 1 or len(self.spacing) != 3 or min(self.spacing) <= 0:
@@ -375,6 +378,7 @@ def run_finetune(
             seed=config.seed, loss_fn=loss_fn, checkpoint_dir=output_dir, base_payload=base_payload,
             monitor=monitor, grad_clip=config.grad_clip, amp=config.amp, collate_fn=list_data_collate,
             on_epoch_end=on_epoch_end, rng_state=payload["rng"] if payload is not None else None,
+            checkpoint_every=config.checkpoint_every,
         )  # fmt: skip
         try:
             status, state = loop.run(state)

@@ -1,7 +1,13 @@
 """The training loop shared by pre-training and fine-tuning.
 
 One optimiser step per batch: bf16 autocast on CUDA, gradient clipping, warm-up/cosine schedule,
-a checkpoint every epoch and on Ctrl-C/SIGTERM (after the current step), exact ``--resume``.
+a checkpoint every epoch, every ``checkpoint_every`` steps and on Ctrl-C/SIGTERM (after the current
+step), exact ``--resume``.
+
+Guarantee: ``last.pt`` is replaced atomically, so it always holds a complete state. Ctrl-C / SIGTERM lose
+nothing; a run killed outright (SIGKILL, out-of-memory killer, power loss) loses at most the steps
+since the last checkpoint, i.e. one checkpoint interval, and ``--resume`` then continues to exactly
+the weights an uninterrupted run reaches.
 
 Exact resume rests on three facts: (1) data are a pure function of (seed, epoch, sample)
 (``mambamim.data.dataset``), and a resumed epoch skips the samples already seen; (2) the model's own
@@ -78,6 +84,7 @@ class TrainingLoop:
     collate_fn: Callable | None = None
     on_epoch_end: Callable[[LoopState], dict[str, Any]] | None = None
     rng_state: dict[str, Any] | None = None  # restored right before the first step of a resumed run
+    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = only at the end of each epoch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -155,6 +162,13 @@ class TrainingLoop:
                         crops * self.ctx.world_size / max(seconds, 1e-9),
                         seconds,
                     )
+                    if (
+                        self.checkpoint_every
+                        and state.step % self.checkpoint_every == 0
+                        and state.batch_in_epoch < self.steps_per_epoch  # the epoch end saves anyway
+                    ):
+                        self.save(state)
+                        barrier(self.ctx)
                     if any_rank(interrupt.requested, self.ctx):
                         self.save(state)
                         barrier(self.ctx)

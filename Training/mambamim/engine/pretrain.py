@@ -1,6 +1,7 @@
 """MambaMIM self-supervised pre-training (arXiv 2408.08070 §3, §4.1) on a folder of unlabelled scans.
 
-Writes into the output folder: ``last.pt`` (full training state, every epoch and on Ctrl-C),
+Writes into the output folder: ``last.pt`` (full training state, every epoch, every
+``checkpoint_every`` steps and on Ctrl-C),
 ``encoder.safetensors`` (encoder weights under ``encoder.*``, loadable into ``build_model("hymamba")``),
 ``config.json``, ``train_log.csv``, ``epochs.csv`` and TensorBoard logs when tensorboard is installed.
 """
@@ -25,6 +26,7 @@ from mambamim.engine.monitor import TrainingMonitor
 from mambamim.engine.schedule import build_optimizer, build_scheduler, warmup_cosine
 from mambamim.engine.setup import (
     apply_preset,
+    check_checkpoint_every,
     config_to_dict,
     crops_per_volume_check,
     load_model_state,
@@ -86,10 +88,12 @@ class PretrainConfig:
     seed: int = 0
     amp: bool = True
     cache: bool = True
+    checkpoint_every: int = 0  # optimiser steps between checkpoints (0: at the end of each epoch only)
 
     def validate(self) -> None:
         if not self.data:
             raise ValueError("no training data given (a scan folder, a scan file or a dataset.json)")
+        check_checkpoint_every(self.checkpoint_every)
         if self.epochs < 1 or self.lr <= 0:
             raise ValueError(f"--epochs must be >= 1 and --lr > 0, got {self.epochs} and {self.lr}")
         if self.roi < 16 or self.roi % 16:
@@ -228,6 +232,7 @@ def run_pretrain(
             collate_fn=list_data_collate,
             on_epoch_end=on_epoch_end,
             rng_state=payload["rng"] if payload is not None else None,
+            checkpoint_every=config.checkpoint_every,
         )
         try:
             status, state = loop.run(state)

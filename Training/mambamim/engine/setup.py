@@ -164,3 +164,8 @@ def crops_per_volume_check(batch: int, num_samples: int) -> int:
             "(crops per volume)"
         )
     return batch // num_samples
+
+
+def check_checkpoint_every(steps: int) -> None:
+    if steps < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0 optimiser steps (0 = every epoch), got {steps}")

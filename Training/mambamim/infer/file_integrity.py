@@ -89,11 +89,13 @@ def _nibabel_header(path: Path, gz: bool) -> DeclaredData:
     import nibabel as nib
 
     try:
-        header = nib.load(str(path)).header
+        image = nib.load(str(path))
+        header = image.header
         shape = tuple(int(s) for s in header.get_data_shape())
         dtype = np.dtype(header.get_data_dtype())
-        offset = int(header.get_data_offset())
-        slope, inter = (header.get_slope_inter() if hasattr(header, "get_slope_inter") else (None, None))
+        # Where the reader really starts (a single-file NIfTI with vox_offset 0 starts after the header).
+        offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
+        slope, inter = header.get_slope_inter() if hasattr(header, "get_slope_inter") else (None, None)
     except Exception as err:  # nibabel raises many exception types for corrupt headers
         raise ImageReadError(f"cannot read the header of {path}: {err}") from None
     if gz and _magic(path) != b"\x1f\x8b":
@@ -159,8 +161,7 @@ def _text_header(path: Path) -> tuple[dict[str, str], int]:
 def _check_declared_size(path: Path, declared: DeclaredData) -> None:
     shape_text = "x".join(str(s) for s in declared.shape)
     what = (
-        f"its header declares {shape_text} voxels of {declared.dtype.name} "
-        f"({format_bytes(declared.nbytes)})"
+        f"its header declares {shape_text} voxels of {declared.dtype.name} ({format_bytes(declared.nbytes)})"
     )
     if not declared.data_file.is_file():
         raise ImageReadError(f"{path}: {what} in {declared.data_file}, which does not exist")
@@ -177,9 +178,7 @@ def _check_declared_size(path: Path, declared: DeclaredData) -> None:
         )
     available = int(psutil.virtual_memory().available)
     if declared.nbytes > available:
-        raise ImageReadError(
-            f"{path}: {what}, more than the {format_bytes(available)} of memory available"
-        )
+        raise ImageReadError(f"{path}: {what}, more than the {format_bytes(available)} of memory available")
 
 
 def _scan_gzip(path: Path, declared: DeclaredData) -> None:
