@@ -77,8 +77,12 @@ def safe_write(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def same_file_system(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
 def _move_into_place(tmp: Path, path: Path) -> None:
-    if os.stat(tmp.parent).st_dev == os.stat(path.parent).st_dev:
+    if same_file_system(tmp.parent, path.parent):
         _replace(tmp, path)
         return
     # Another file system: copy beside the target under a hidden name no reader takes for a result.

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from mambamim.data.intensity import CT_WINDOW, validate_intensity_spec
-from mambamim.infer.io import image_suffix, read_image, write_image
+from mambamim.infer.io import check_writable, image_suffix, read_image, write_image
 from mambamim.infer.preprocess import from_model_space, to_model_space
 from mambamim.infer.progress import CancelToken, ProgressCallback, ProgressTracker
 from mambamim.infer.segment import resolve_device
@@ -159,6 +159,7 @@ def reconstruct_file(
         raise FileExistsError(
             f"outputs already exist: {', '.join(existing)}; pass --overwrite to replace them"
         )
+    check_writable(paths["masked"])  # before any work: a read-only folder is found now, not after it
     tracker = ProgressTracker(progress, {"load": 0.1, "reconstruct": 0.8, "write": 0.1})
     tracker.update("load", 0.0, f"reading {input_path}")
     torch_device = resolve_device(device)
