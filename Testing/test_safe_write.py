@@ -84,3 +84,20 @@ def test_sweep_removes_only_dead_processes_partials(tmp_path, staging, caplog):
     assert set(removed) == {stale_copy, stale_dir}
     assert live.exists() and user_file.exists()
     assert sum("interrupted mambamim run" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.skipif(module.fcntl is None, reason="flock is POSIX-only")
+def test_a_locked_staging_folder_is_never_swept(staging):
+    """A writer in another PID namespace may carry a pid that looks dead here: its lock protects it."""
+    dead = dead_pid()
+    held, released = staging / f"mambamim-partial-{dead}-held", staging / f"mambamim-partial-{dead}-free"
+    for folder in (held, released):
+        folder.mkdir()
+        (folder / ".lock").touch()
+    fd = os.open(held / ".lock", os.O_RDONLY)
+    module.fcntl.flock(fd, module.fcntl.LOCK_EX)
+    try:
+        assert sweep_stale(staging) == [released]
+        assert held.exists()
+    finally:
+        os.close(fd)

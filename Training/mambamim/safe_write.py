@@ -11,7 +11,10 @@ When ``path`` is on another file system than the temporary folder, a rename cann
 result is copied next to ``path`` under a hidden name that no image reader accepts
 (``.<name>.mambamim-partial-<pid>-*``) and renamed from there. A process killed outright (SIGKILL, power
 loss) cannot clean up, so every ``safe_write`` first sweeps staging entries of *dead* processes (in the
-temporary folder and in the target folder), saying what it removed.
+temporary folder and in the target folder), saying what it removed. A staging folder's owner holds an
+exclusive ``flock`` on its ``.lock`` file, which the kernel releases when the process dies however it
+dies, so a live writer is never swept, even one in another PID namespace sharing the folder; where
+``flock`` does not exist (Windows) the process id decides.
 """
 
 from __future__ import annotations
@@ -25,12 +28,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = "mambamim-partial-"
 # Staging folders in the temp folder, and hidden copies / moved-aside folders beside a target.
 _STAGING_NAME = re.compile(r"^mambamim-partial-(\d+)-")
 _HIDDEN_NAME = re.compile(r"^\..+\.mambamim-partial-(\d+)-")
+_LOCK_FILE = ".lock"
 
 
 def current_umask() -> int:
@@ -66,6 +77,7 @@ def safe_write(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path.parent)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+    lock = _hold_lock(staging)
     try:
         tmp = staging / path.name
         yield tmp
@@ -75,6 +87,35 @@ def safe_write(path: str | os.PathLike) -> Iterator[Path]:
         _move_into_place(tmp, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+def _hold_lock(staging: Path) -> int | None:
+    """An exclusive lock on ``staging/.lock`` for as long as the returned descriptor is open."""
+    if fcntl is None:
+        return None
+    fd = os.open(staging / _LOCK_FILE, os.O_CREAT | os.O_WRONLY, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _owner_alive(entry: Path, pid: int) -> bool:
+    """Whether the writer of a staging entry still runs: its lock when it has one, else its pid."""
+    lock = entry / _LOCK_FILE
+    if fcntl is not None and lock.is_file():
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            return True  # someone else's: leave it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True  # held: the writer is alive
+        finally:
+            os.close(fd)
+        return False
+    return pid == os.getpid() or psutil.pid_exists(pid)
 
 
 def same_file_system(a: Path, b: Path) -> bool:
@@ -121,12 +162,17 @@ def sweep_stale(folder: str | os.PathLike) -> list[Path]:
             continue
         for entry in entries:
             match = pattern.match(entry.name)
-            if match is None or _process_alive(int(match.group(1))):
+            if match is None or _owner_alive(entry, int(match.group(1))):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
-                entry.unlink(missing_ok=True)
+                try:
+                    entry.unlink()
+                except OSError:
+                    pass
+            if entry.exists() or entry.is_symlink():
+                continue  # not ours to remove (another user's)
             removed.append(entry)
             logger.warning(
                 "removed %s, a partial output left by an interrupted mambamim run (process %s)",
@@ -134,15 +180,3 @@ def sweep_stale(folder: str | os.PathLike) -> list[Path]:
                 match.group(1),
             )
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True

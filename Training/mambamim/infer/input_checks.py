@@ -1,12 +1,13 @@
 """Is this volume something a segmentation model may be run on? Refuse label maps, another modality
 and volumes too small to hold anything, each with what was seen and the flag that overrides it.
 
-One rule each, used by the engine (``mambamim segment``) and, through :func:`guess_modality`, by the
+One rule each, used by the engine (``mambamim segment``) and, through :func:`modality_rule`, by the
 Slicer module, so both always agree:
 
-- **modality** (:func:`guess_modality`): the DICOM Modality tag (0008,0060) when the image carries
-  one; otherwise intensities: a CT holds air at about -1000 HU, so a 0.5th percentile below -50 means
-  CT, anything else MR. (On the shared scans: CT -1023 and -1024, MR -4 and 0.)
+- **modality** (:func:`modality_rule`, for images :func:`guess_modality`): the DICOM Modality tag
+  (0008,0060) when the image carries one; otherwise intensities: a CT holds air at about -1000 HU,
+  so a 0.5th percentile below -50 means CT, anything else MR. (On the shared scans: CT -1023 and
+  -1024, MR -4 and 0.)
 - **label map** (:func:`label_map_evidence`): integer values, at most ``LABEL_MAX_VALUES`` distinct
   ones, and piecewise constant: among neighbouring voxel pairs that are not both background, fewer than
   ``LABEL_MAX_CHANGE`` differ. (Measured on the shared data: label maps 0.02-0.19, scans 0.90-0.97,
@@ -21,7 +22,8 @@ from typing import Any, Optional
 import numpy as np
 import SimpleITK as sitk
 
-MODALITY_TAG = "0008|0060"
+from mambamim.infer.io import DICOM_MODALITY_KEY
+
 CT_LOW_PERCENTILE = 0.5
 CT_LOW_VALUE = -50.0
 LABEL_MAX_VALUES = 1000
@@ -34,22 +36,30 @@ class InputRefused(ValueError):
     """The volume is readable but not something to segment with this model (override flag in the text)."""
 
 
-def guess_modality(image: sitk.Image, values: Optional[np.ndarray] = None) -> tuple[str, str]:
-    """``(modality, evidence)``: "CT", "MR" or another DICOM modality, and why, in words.
+def modality_rule(values: np.ndarray, dicom_modality: Optional[str] = None) -> tuple[str, str]:
+    """The one modality rule of the engine and the Slicer module: ``(modality, evidence in words)``.
 
-    ``values`` (the voxel array, any layout) may be given when the caller already has it.
+    ``dicom_modality`` is the DICOM Modality tag (0008,0060) when the volume came with one (it wins;
+    "MRI" is read as "MR"); otherwise ``values`` (the voxels, any layout) decide: CT when the 0.5th
+    percentile is below -50, i.e. the volume holds air in Hounsfield units, else MR.
     """
-    if image.HasMetaDataKey(MODALITY_TAG) and image.GetMetaData(MODALITY_TAG).strip():
-        tag = image.GetMetaData(MODALITY_TAG).strip().upper()
+    if dicom_modality is not None and dicom_modality.strip():
+        tag = dicom_modality.strip().upper()
         return ("MR" if tag == "MRI" else tag), f"its DICOM Modality tag is {tag}"
-    array = sitk.GetArrayViewFromImage(image) if values is None else values
-    low = float(np.percentile(_sample(array), CT_LOW_PERCENTILE))
+    low = float(np.percentile(_sample(values), CT_LOW_PERCENTILE))
     if low < CT_LOW_VALUE:
         return "CT", f"it has no DICOM Modality tag and its darkest voxels ({low:.0f}) look like air in HU"
     return "MR", (
         f"it has no DICOM Modality tag and its darkest voxels ({low:.3g}) are not air in HU "
         f"(a CT has values below {CT_LOW_VALUE:.0f})"
     )
+
+
+def guess_modality(image: sitk.Image, values: Optional[np.ndarray] = None) -> tuple[str, str]:
+    """:func:`modality_rule` for an image read by :func:`mambamim.infer.io.read_image` (which keeps a
+    DICOM series' Modality tag as metadata); ``values`` may be given when the caller has the array."""
+    tag = image.GetMetaData(DICOM_MODALITY_KEY) if image.HasMetaDataKey(DICOM_MODALITY_KEY) else None
+    return modality_rule(sitk.GetArrayViewFromImage(image) if values is None else values, tag)
 
 
 def label_map_evidence(array: np.ndarray) -> Optional[str]:
