@@ -500,3 +500,27 @@ def test_unwritable_output_refused_before_inference(
         "not writable",
     )
     assert "tmp" not in capsys.readouterr().err
+
+
+def test_detached_big_endian_nrrd_is_read_as_declared(sample_ct, tmp_path):
+    """Byte order and detached data files come from the header: no false alarm, NaN still found."""
+    image = sitk.Cast(read_image(sample_ct), sitk.sitkFloat32)
+    header = tmp_path / "scan.nhdr"
+    sitk.WriteImage(image, str(header), useCompression=False)
+    data = sitk.GetArrayFromImage(image)
+    (tmp_path / "scan.raw").write_bytes(data.astype(">f4").tobytes())
+    header.write_text(header.read_text().replace("endian: little", "endian: big"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(header)), data)
+    data.reshape(-1)[1000] = np.nan
+    (tmp_path / "scan.raw").write_bytes(data.astype(">f4").tobytes())
+    with pytest.raises(ValueError, match=r"scan.nhdr contains 1 NaN or infinite"):
+        read_image(header)
+
+
+def test_training_output_folder_checked_before_training(read_only_folder):
+    from mambamim.engine.setup import prepare_output_dir
+
+    run = read_only_folder / "runs" / "mim"
+    with pytest.raises(PermissionError, match=f"cannot write output {run / 'last.pt'}"):
+        prepare_output_dir(run, resuming=False, overwrite=False)
+    assert list(read_only_folder.iterdir()) == []

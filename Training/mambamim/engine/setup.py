@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mambamim.engine.checkpoint import CheckpointError, load_checkpoint
+from mambamim.infer.io import check_writable
 from mambamim.nn.state_dict import strict_mismatch
 from mambamim.safe_write import safe_write
 
@@ -106,6 +107,7 @@ def prepare_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> Non
             f"{output_dir} already holds a training run (last.pt); pass --resume to continue it or "
             "--overwrite to start over"
         )
+    check_writable(output_dir / "last.pt")  # now, not when the first checkpoint is due
     output_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -125,11 +125,15 @@ def _itk_header(path: Path) -> DeclaredData:
         encoding = fields.get("encoding", "raw").lower()
         data_name = fields.get("data file") or fields.get("datafile")
         compression = None if encoding == "raw" else "deflate" if encoding in ("gzip", "gz") else "other"
+        big_endian = fields.get("endian", "little").lower() == "big"
     else:
         compressed = fields.get("compresseddata", "false").lower() == "true"
         data_name = fields.get("elementdatafile")
         data_name = None if data_name in (None, "LOCAL", "local", "Local") else data_name
         compression = "deflate" if compressed else None
+        msb = fields.get("binarydatabyteordermsb") or fields.get("elementbyteordermsb") or "false"
+        big_endian = msb.lower() == "true"
+    dtype = dtype.newbyteorder(">" if big_endian else "<")
     if data_name is None:
         data_file, offset = path, header_bytes
     elif " " in data_name.strip() or "%" in data_name or data_name.upper().startswith("LIST"):
