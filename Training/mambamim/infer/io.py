@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mambamim.infer.file_integrity import ImageReadError, verify_image_file
-from mambamim.safe_write import safe_write
+from mambamim.safe_write import STAGING_PREFIX, safe_write
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,6 @@ WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd")
 # Slices further than this fraction of the median gap from a regular grid mean missing or tilted slices.
 _SLICE_GAP_TOLERANCE = 0.05
 DICOM_MODALITY_KEY = "0008|0060"
-
-__all__ = ["ImageReadError", "check_output_path", "read_image", "write_csv", "write_image"]
 
 
 def image_suffix(path: str | Path) -> str:
@@ -100,7 +98,8 @@ def check_writable(path: str | Path) -> None:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(f"cannot write output {path}: cannot create folders in {existing}")
         return
-    probe = folder / f".mambamim-write-probe-{os.getpid()}"
+    # Named like a partial copy, so a sweep removes it should the process die right here.
+    probe = folder / f".write-probe.{STAGING_PREFIX}{os.getpid()}-probe"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as err:
