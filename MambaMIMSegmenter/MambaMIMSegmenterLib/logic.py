@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .enginepath import MODULE_DIR, defaultEnginePaths, importEngineModule
 from .progress import ProgressEvent
 from .registry import ModelEntry, ModelRegistry, RegistryError, readCard
 from .results import addSegmentation, addVolume, buildSegmentation, showComparison
@@ -34,7 +35,6 @@ from .volumeio import (
     writeVolume,
 )
 
-MODULE_DIR = Path(__file__).resolve().parents[1]
 DEVICES = ("auto", "cuda", "cpu")
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -48,13 +48,6 @@ def resourcePath(name: str) -> Path:
         if (base / name).exists():
             return base / name
     raise FileNotFoundError(f"resource {name} not found in any of: {', '.join(str(b) for b in bases)}")
-
-
-def defaultEnginePaths() -> list[str]:
-    """Folders to put on the child's PYTHONPATH: the ``mambamim`` copy shipped next to the module
-    (installed extension) or ``Training/`` (source checkout)."""
-    candidates = (MODULE_DIR, MODULE_DIR.parent / "Training")
-    return [str(path) for path in candidates if (path / "mambamim" / "__init__.py").is_file()]
 
 
 def defaultCacheDir() -> Path:
@@ -96,6 +89,17 @@ class EngineJob:
     @property
     def lastEvent(self) -> Optional[ProgressEvent]:
         return self.runner.lastEvent
+
+    cancellable = True
+
+    @property
+    def fraction(self) -> Optional[float]:
+        return self.lastEvent.fraction if self.lastEvent is not None else None
+
+    @property
+    def statusText(self) -> str:
+        event = self.lastEvent
+        return event.describe() if event is not None else "Starting…"
 
     def poll(self) -> bool:
         if self.finished:

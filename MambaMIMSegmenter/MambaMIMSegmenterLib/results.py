@@ -53,7 +53,20 @@ def buildSegmentation(labelmapNode, labels: list[dict[str, Any]], volumeNode):
     segmentation = segmentationNode.GetSegmentation()
     binaryName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
     segmentation.SetSourceRepresentationName(binaryName)
+    # A new reference (the C++ factory returns it owned by the caller): release it as Slicer's own
+    # callers do, or every run leaks a full-size copy of the label map.
     labelImage = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labelmapNode)
+    try:
+        _addSegments(segmentation, labelImage, labels, binaryName)
+    finally:
+        labelImage.UnRegister(None)
+    # One shared labelmap instead of one volume per organ (organs never overlap in a label map).
+    segmentation.CollapseBinaryLabelmaps(False)
+    return segmentationNode
+
+
+def _addSegments(segmentation, labelImage, labels: list[dict[str, Any]], binaryName: str) -> None:
+    """One segment per label, each a binary labelmap on ``labelImage``'s grid."""
     for label in labels:
         value = int(label["value"])
         threshold = vtk.vtkImageThreshold()
@@ -75,9 +88,6 @@ def buildSegmentation(labelmapNode, labels: list[dict[str, Any]], volumeNode):
         if terminology:
             segment.SetTerminology(terminology)
         segmentation.AddSegment(segment, _segmentId(label["name"], segmentation))
-    # One shared labelmap instead of one volume per organ (organs never overlap in a label map).
-    segmentation.CollapseBinaryLabelmaps(False)
-    return segmentationNode
 
 
 def _segmentId(name: str, segmentation) -> str:

@@ -27,6 +27,7 @@ from mambamim.infer.memory import (
     estimate_memory,
     format_bytes,
 )
+from mambamim.infer.modality import check_modality
 from mambamim.infer.package import LoadedPackage, load_package
 from mambamim.infer.postprocess import keep_largest_component
 from mambamim.infer.preprocess import from_model_space, to_model_space
@@ -70,22 +71,6 @@ def resolve_device(name: str) -> torch.device:
             "use --device cpu or auto"
         )
     return torch.device(name)
-
-
-def check_modality(card: dict[str, Any], modality: Optional[str], package_path: Union[str, Path]) -> None:
-    """Refuse a package made for another modality or more input channels than one image provides."""
-    expected = card["input"]["modality"]
-    if modality is not None and modality.upper() != expected:
-        raise ValueError(
-            f"model package {package_path} is for {expected} images but the input was declared "
-            f"{modality.upper()}; "
-            f"choose a {modality.upper()} model"
-        )
-    if int(card["input"]["channels"]) != 1:
-        raise ValueError(
-            f"model package {package_path} needs {card['input']['channels']} input channels; "
-            "segment takes one image"
-        )
 
 
 def segment_image(
