@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 from .enginepath import MODULE_DIR, defaultEnginePaths, importEngineModule
 from .progress import ProgressEvent
 from .registry import ModelEntry, ModelRegistry, RegistryError, readCard
-from .results import ComparisonLayout, addSegmentation, addVolume, buildSegmentation
+from .results import ComparisonLayout, addSegmentation, addVolume, buildSegmentation, removeFromScene
 from .runner import EngineCancelled, EngineError, ProcessRunner, engineEnvironment, pythonExecutable
 from .volumeio import (
     InputError,
@@ -382,7 +382,7 @@ class MambaMIMSegmenterLogic:
             except BaseException:
                 # Nothing half-created: a failure while showing removes what was added.
                 for node in added:
-                    self.scene.RemoveNode(node)
+                    removeFromScene(node, self.scene)
                 raise
             return masked, reconstruction
 

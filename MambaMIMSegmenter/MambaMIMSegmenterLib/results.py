@@ -114,6 +114,20 @@ def placeInScene(node, volumeNode, scene, name: str):
     return node
 
 
+def removeFromScene(node, scene) -> None:
+    """Remove ``node`` with its display and storage nodes and its subject-hierarchy item."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = shNode.GetItemByDataNode(node) if shNode is not None else 0
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and helper.GetScene() is scene:
+            scene.RemoveNode(helper)
+    if item and shNode.GetItemDataNode(item) is None:
+        shNode.RemoveItem(item)
+
+
 def addSegmentation(segmentationNode, volumeNode, scene, target=None, name: str = ""):
     """Put a finished segmentation into the scene: into ``target`` (replacing its segments) or as a new
     node; the input becomes reference geometry and source volume (the Segment Editor picks it up)."""
