@@ -136,6 +136,20 @@ def startDependencyCheck(python: str, env: dict[str, str], pyprojectFile: Path) 
     )
 
 
+def engineNotReady(python: str, env: dict[str, str], pyprojectFile: Path) -> Optional[str]:
+    """Why the engine cannot run here (torch or its packages missing), or None when it can. For the
+    module's self-test, which must skip (not fail) on build servers without PyTorch."""
+    try:
+        plan = startDependencyCheck(python, env, pyprojectFile).wait(timeout=120)
+    except Exception as exc:
+        return f"the engine's Python could not be asked which packages it has: {exc}"
+    if plan.torchMissing:
+        return "PyTorch is not installed (install it with the PyTorch extension)"
+    if plan.missing:
+        return "the engine's Python packages are missing: " + ", ".join(plan.missing)
+    return None
+
+
 def cudaKernelRequirements(pyprojectFile: Path) -> list[str]:
     """pip arguments for the optional CUDA kernels: they build against the installed torch, so pip must
     not build them in an isolated environment (which would download another torch)."""

@@ -164,3 +164,22 @@ def test_diagnostics_of_a_broken_engine_still_reports_this_side():
         task.wait(timeout=60)
     text = diagnostics.diagnosticsText(task, "5.12.1")
     assert "Slicer: 5.12.1" in text and "engine probe failed" in text and "exit code 3" in text
+
+
+def test_self_test_skip_reason_where_torch_is_absent(tmp_path):
+    """The module's self-test asks this before running a model: skip (with why) on a build server."""
+    env = engineEnvironment(defaultEnginePaths())
+    assert dependencies.engineNotReady(sys.executable, env, PYPROJECT) is None
+    (tmp_path / "sitecustomize.py").write_text(
+        "import importlib.metadata as md\n"
+        "_version = md.version\n"
+        "def version(name):\n"
+        "    if name == 'torch':\n"
+        "        raise md.PackageNotFoundError(name)\n"
+        "    return _version(name)\n"
+        "md.version = version\n"
+    )
+    env["PYTHONPATH"] = str(tmp_path) + ":" + env["PYTHONPATH"]
+    assert "PyTorch is not installed" in dependencies.engineNotReady(sys.executable, env, PYPROJECT)
+    reason = dependencies.engineNotReady(str(tmp_path / "missing-python"), env, PYPROJECT)
+    assert "could not be asked" in reason
