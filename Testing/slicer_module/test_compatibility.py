@@ -4,7 +4,7 @@ clear message: the compatibility check must itself run on Slicer 5.8's Python 3.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from MambaMIMSegmenterLib.compatibility import SUPPORTED_TEXT, parseVersion, uns
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "MambaMIMSegmenter"
-PYTHON39 = "/root/.pyenv/versions/3.9.18/bin/python"  # pyenv on the development and CI machines
+PYTHON39 = os.environ.get("PYTHON39", "/root/.pyenv/versions/3.9.18/bin/python")  # Slicer 5.8's Python
 
 
 @pytest.mark.parametrize(
