@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ENGINE_PYTHON
 from MambaMIMSegmenterLib import InputError, MambaMIMSegmenterLogic, ModelRegistry
 from MambaMIMSegmenterLib.logic import OverlapChoice
 from MambaMIMSegmenterLib.runner import EngineError, pythonExecutable
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def logic(app, tmp_path):
     registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
     return MambaMIMSegmenterLogic(
-        scene=app.scene, registry=registry, python=sys.executable, tempRoot=tmp_path / "tmp"
+        scene=app.scene, registry=registry, python=ENGINE_PYTHON, tempRoot=tmp_path / "tmp"
     )
 
 
