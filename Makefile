@@ -6,7 +6,11 @@ BIN := $(VENV)/bin
 # otherwise pip resolves a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+# Python 3.12 is what Slicer 5.10+ embeds (PythonSlicer). Override where it lives elsewhere.
+PYTHON312 ?= /root/.pyenv/versions/3.12.1/bin/python
+VENV312 ?= .venv312
+
+.PHONY: venv venv312 demo test test312 lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +19,27 @@ $(BIN)/python:
 venv: $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
+
+# The Qt-free module library and the engine's torch-free parts on Python 3.12 (no torch there: no CPU
+# build for 3.12 is reachable from the registries here), see Testing/requirements-py312.txt.
+$(VENV312)/bin/python:
+	$(PYTHON312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install -q --upgrade pip
+
+venv312: $(VENV312)/bin/python
+	$(VENV312)/bin/python -m pip install -q -r Testing/requirements-py312.txt
+	$(VENV312)/bin/python -m pip install -q --no-deps -e .
+
+# The library's tests on 3.12 send the engine's child processes to the main venv's Python (with torch).
+test312: venv
+	@if [ -x "$(PYTHON312)" ]; then \
+		$(MAKE) venv312 && \
+		MAMBAMIM_TEST_ENGINE_PYTHON="$(abspath $(BIN)/python)" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+		$(VENV312)/bin/python -m pytest -q -p no:cacheprovider -m "not slow" \
+			Testing/slicer_module Testing/test_python312_smoke.py; \
+	else \
+		echo "Python 3.12 not found at $(PYTHON312) (set PYTHON312=...): Python 3.12 tests not run"; \
+	fi
 
 # The main job: segment the sample CT with the built-in demo package on the CPU, print per-organ Dice.
 SAMPLE ?= ../shared/data/ct_abdomen
@@ -27,9 +52,10 @@ demo: venv
 # OpenMP threads only wait on each other (the whole suite is several times faster this way).
 test: venv lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
+	$(MAKE) test312
 
 lint: venv
 	$(BIN)/ruff check Training Testing MambaMIMSegmenter
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV312) .pytest_cache .ruff_cache
