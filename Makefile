@@ -10,7 +10,11 @@ TORCH_SPEC ?= torch==2.13.0
 PYTHON312 ?= /root/.pyenv/versions/3.12.1/bin/python
 VENV312 ?= .venv312
 
-.PHONY: venv venv312 demo test test312 lint bench clean
+# Offscreen rendering tests (Testing/slicer_module/test_rendering.py): VTK renders through EGL with
+# Mesa's software driver; installed when missing (Debian packages, as root).
+EGL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
+
+.PHONY: venv venv312 egl demo test test312 lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +40,7 @@ test312: venv
 		$(MAKE) venv312 && \
 		MAMBAMIM_TEST_ENGINE_PYTHON="$(abspath $(BIN)/python)" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
 		$(VENV312)/bin/python -m pytest -q -p no:cacheprovider -m "not slow" \
-			Testing/slicer_module Testing/test_python312_smoke.py; \
+			--ignore=Testing/slicer_module/test_rendering.py Testing/slicer_module Testing/test_python312_smoke.py; \
 	else \
 		echo "Python 3.12 not found at $(PYTHON312) (set PYTHON312=...): Python 3.12 tests not run"; \
 	fi
@@ -50,7 +54,15 @@ demo: venv
 
 # One intra-op thread per process: the suite runs many tiny models and child processes at once, where
 # OpenMP threads only wait on each other (the whole suite is several times faster this way).
-test: venv lint
+egl:
+	@dpkg -s $(EGL_PACKAGES) >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(EGL_PACKAGES); \
+		else \
+			echo "EGL/Mesa packages missing ($(EGL_PACKAGES)): the rendering tests will be skipped"; \
+		fi; }
+
+test: venv lint egl
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 	$(MAKE) test312
 

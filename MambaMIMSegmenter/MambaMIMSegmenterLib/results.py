@@ -239,7 +239,14 @@ class ComparisonLayout:
                 composite.SetForegroundVolumeID(None)
                 composite.SetLabelVolumeID(None)
                 composite.SetLinkedControl(True)
-        _fit(applicationSliceLogics() if sliceLogics is None else sliceLogics, COMPARISON_VIEWS)
+        logics = [
+            logic
+            for logic in (applicationSliceLogics() if sliceLogics is None else sliceLogics)
+            if logic.GetSliceNode().GetLayoutName() in COMPARISON_VIEWS
+        ]
+        _fit(logics)
+        for logic in logics[1:]:  # the same slice side by side (linking alone may not have run yet)
+            logic.SetSliceOffset(logics[0].GetSliceOffset())
 
     @property
     def canRestore(self) -> bool:
