@@ -59,3 +59,34 @@ def test_old_slicer_python_gets_the_message_not_a_syntax_error():
     run = subprocess.run([PYTHON39, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     out = run.stdout
     assert "needs Slicer 5.10 or newer" in out and "Python 3.9" in out
+
+
+# The public names of Base/Python/slicer/util.py that the module uses, as defined (def/class at module
+# level) in both v5.10.0 and v5.12.0 of Slicer's source; pip_install is there in both, with different
+# signatures (see slicer_releases.py). Anything else the module calls on slicer.util would be imaginary.
+SLICER_UTIL_5_10_AND_5_12 = {
+    "WaitCursor",
+    "VTKObservationMixin",
+    "addVolumeFromArray",
+    "arrayFromSegmentBinaryLabelmap",
+    "childWidgetVariables",
+    "confirmOkCancelDisplay",
+    "errorDisplay",
+    "infoDisplay",
+    "loadUI",
+    "pip_install",
+    "tryWithErrorDisplay",
+    "warningDisplay",
+}
+
+
+def test_the_module_calls_only_slicer_util_functions_that_exist_in_5_10_and_5_12():
+    import re
+
+    used = set()
+    for path in MODULE_DIR.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        used |= set(re.findall(r"slicer\.util\.([A-Za-z_]\w*)", text))
+        for names in re.findall(r"from slicer\.util import ([\w, ]+)", text):
+            used |= {n.strip() for n in names.split(",")}
+    assert used and used <= SLICER_UTIL_5_10_AND_5_12, sorted(used - SLICER_UTIL_5_10_AND_5_12)
