@@ -176,8 +176,13 @@ class MambaMIMSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._parameterNode = parameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._settingOverlap = True  # the GUI taking the stored values is not a user's choice
+            try:
+                self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            finally:
+                self._settingOverlap = False
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.onModelChanged()  # the slider shows the selected model's overlap
             self._updateButtons()
 
     def _updateButtons(self, caller=None, event=None) -> None:
