@@ -6,7 +6,15 @@ BIN := $(VENV)/bin
 # otherwise pip resolves a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+# Python 3.12 is what Slicer 5.10+ embeds (PythonSlicer). Override where it lives elsewhere.
+PYTHON312 ?= /root/.pyenv/versions/3.12.1/bin/python
+VENV312 ?= .venv312
+
+# Offscreen rendering tests (Testing/slicer_module/test_rendering.py): VTK renders through EGL with
+# Mesa's software driver; installed when missing (Debian packages, as root).
+EGL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
+
+.PHONY: venv venv312 egl demo test test312 lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +23,27 @@ $(BIN)/python:
 venv: $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
+
+# The Qt-free module library and the engine's torch-free parts on Python 3.12 (no torch there: no CPU
+# build for 3.12 is reachable from the registries here), see Testing/requirements-py312.txt.
+$(VENV312)/bin/python:
+	$(PYTHON312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install -q --upgrade pip
+
+venv312: $(VENV312)/bin/python
+	$(VENV312)/bin/python -m pip install -q -r Testing/requirements-py312.txt
+	$(VENV312)/bin/python -m pip install -q --no-deps -e .
+
+# The library's tests on 3.12 send the engine's child processes to the main venv's Python (with torch).
+test312: venv
+	@if [ -x "$(PYTHON312)" ]; then \
+		$(MAKE) venv312 && \
+		MAMBAMIM_TEST_ENGINE_PYTHON="$(abspath $(BIN)/python)" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+		$(VENV312)/bin/python -m pytest -q -p no:cacheprovider -m "not slow" \
+			--ignore=Testing/slicer_module/test_rendering.py Testing/slicer_module Testing/test_python312_smoke.py; \
+	else \
+		echo "Python 3.12 not found at $(PYTHON312) (set PYTHON312=...): Python 3.12 tests not run"; \
+	fi
 
 # The main job: segment the sample CT with the built-in demo package on the CPU, print per-organ Dice.
 SAMPLE ?= ../shared/data/ct_abdomen
@@ -25,11 +54,20 @@ demo: venv
 
 # One intra-op thread per process: the suite runs many tiny models and child processes at once, where
 # OpenMP threads only wait on each other (the whole suite is several times faster this way).
-test: venv lint
+egl:
+	@dpkg -s $(EGL_PACKAGES) >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(EGL_PACKAGES); \
+		else \
+			echo "EGL/Mesa packages missing ($(EGL_PACKAGES)): the rendering tests will be skipped"; \
+		fi; }
+
+test: venv lint egl
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
+	$(MAKE) test312
 
 lint: venv
 	$(BIN)/ruff check Training Testing MambaMIMSegmenter
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV312) .pytest_cache .ruff_cache

@@ -313,7 +313,7 @@ def test_tiny_volume_refused(sample_ct, pkg, out_dir, tmpdir_for_staging, tmp_pa
 
 def test_real_scans_pass_the_input_checks(data_dir):
     """No false alarms on the shared scans: CT and MR are told apart and none looks like labels."""
-    from mambamim.infer.input_checks import guess_modality, label_map_evidence
+    from mambamim.infer.input_checks import image_modality, label_map_evidence
 
     expected = {
         "ct_abdomen/ct.nii.gz": "CT",
@@ -324,7 +324,7 @@ def test_real_scans_pass_the_input_checks(data_dir):
     }
     for name, modality in expected.items():
         image = read_image(data_dir / name)
-        assert guess_modality(image)[0] == modality, name
+        assert image_modality(image)[0] == modality, name
         assert label_map_evidence(sitk.GetArrayViewFromImage(image)) is None, name
     for name in (
         "ct_abdomen/ct_labels_total.nii.gz",

@@ -1,7 +1,10 @@
 """MambaMIM pre-training: ``python Training/pretrain.py DATA -o OUT [options]`` (= ``mambamim pretrain``).
 
-Also runs as ``Slicer --python-script Training/pretrain.py DATA -o OUT``: arguments after the script are
-parsed, nothing Qt is imported, and the exit status is the command's (0 done, 1 error, 130 interrupted).
+Headless in Slicer (5.10+):
+``Slicer --no-main-window --python-script Training/pretrain.py -- DATA -o OUT``.
+Arguments after ``--`` are the script's (without it, Slicer itself consumes options such as
+``--help``); nothing Qt is imported. Every path ends with an exit status, so Slicer always exits:
+0 done, 1 error, 2 bad arguments, 130 interrupted.
 For several GPUs: ``torchrun --nproc_per_node=N Training/pretrain.py ...``.
 """
 
@@ -11,7 +14,7 @@ from pathlib import Path
 # Importable without `pip install` (e.g. from Slicer's Python): the package sits next to this script.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mambamim.cli import main
+from mambamim.entry import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(["pretrain", *sys.argv[1:]]))
+    run_script("pretrain")

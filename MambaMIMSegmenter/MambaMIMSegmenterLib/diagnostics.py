@@ -12,6 +12,8 @@ import platform
 import sys
 from typing import Any
 
+from .tasks import ProbeTask
+
 ENGINE_PROBE = r"""
 import importlib, importlib.metadata as md, json, platform, sys
 info = {"engine python": sys.version.split()[0], "engine executable": sys.executable}
@@ -71,3 +73,15 @@ def parseProbe(outputs: dict[str, str]) -> dict[str, Any]:
     if isinstance(report, dict):
         engine["scan backend"] = ", ".join(f"{k}={v}" for k, v in report.items())
     return engine
+
+
+def startDiagnostics(python: str, env: dict[str, str]) -> ProbeTask:
+    """Run the probe with the engine's interpreter; the task's result is the engine's information."""
+    return ProbeTask([python, "-c", ENGINE_PROBE], env, parseProbe, "Collecting diagnostics…")
+
+
+def diagnosticsText(task: ProbeTask, slicerVersion: str) -> str:
+    """The report for a finished probe task, also when the probe failed (then with its error)."""
+    engine = task.result if task.error is None else {}
+    error = "" if task.error is None else str(task.error)
+    return formatDiagnostics(localInfo(slicerVersion), engine or {}, error)

@@ -69,12 +69,26 @@ class Download:
         self._thread.start()
         return self
 
+    cancellable = True
+
     def cancel(self) -> None:
         self._cancel.set()
+
+    def poll(self) -> bool:
+        """Task protocol: True once finished (verified, failed or cancelled)."""
+        return self.done
+
+    @property
+    def result(self) -> Optional[Path]:
+        return self.target if self.done and self.error is None else None
 
     @property
     def fraction(self) -> Optional[float]:
         return self.bytesDone / self.bytesTotal if self.bytesTotal else None
+
+    @property
+    def statusText(self) -> str:
+        return f"Downloading… {self.bytesDone / 1e6:.1f} MB"
 
     def wait(self, timeout: Optional[float] = None) -> Path:
         """Block until finished; the verified file, or the download's error raised here."""

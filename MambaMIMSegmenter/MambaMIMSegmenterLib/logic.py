@@ -21,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .enginepath import MODULE_DIR, defaultEnginePaths, importEngineModule
 from .progress import ProgressEvent
 from .registry import ModelEntry, ModelRegistry, RegistryError, readCard
-from .results import addSegmentation, addVolume, buildSegmentation, showComparison
+from .results import ComparisonLayout, addSegmentation, addVolume, buildSegmentation, removeFromScene
 from .runner import EngineCancelled, EngineError, ProcessRunner, engineEnvironment, pythonExecutable
 from .volumeio import (
     InputError,
@@ -34,7 +35,6 @@ from .volumeio import (
     writeVolume,
 )
 
-MODULE_DIR = Path(__file__).resolve().parents[1]
 DEVICES = ("auto", "cuda", "cpu")
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -50,19 +50,26 @@ def resourcePath(name: str) -> Path:
     raise FileNotFoundError(f"resource {name} not found in any of: {', '.join(str(b) for b in bases)}")
 
 
-def defaultEnginePaths() -> list[str]:
-    """Folders to put on the child's PYTHONPATH: the ``mambamim`` copy shipped next to the module
-    (installed extension) or ``Training/`` (source checkout)."""
-    candidates = (MODULE_DIR, MODULE_DIR.parent / "Training")
-    return [str(path) for path in candidates if (path / "mambamim" / "__init__.py").is_file()]
-
-
 def defaultCacheDir() -> Path:
     """``$MAMBAMIM_SEGMENTER_CACHE`` or the user cache folder (the module settings can override it)."""
     if os.environ.get("MAMBAMIM_SEGMENTER_CACHE"):
         return Path(os.environ["MAMBAMIM_SEGMENTER_CACHE"])
     base = os.environ.get("LOCALAPPDATA") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "MambaMIMSegmenter" / "models"
+
+
+class OverlapChoice:
+    """The sliding-window overlap to send: the model card's (None, the engine reads it from the card)
+    until the user moves the slider after selecting the model."""
+
+    def __init__(self) -> None:
+        self.argument: Optional[float] = None
+
+    def modelSelected(self, cardOverlap: Optional[float]) -> None:
+        self.argument = None
+
+    def userChanged(self, value: float) -> None:
+        self.argument = float(value)
 
 
 class EngineJob:
@@ -85,6 +92,7 @@ class EngineJob:
         self.result: Any = None
         self.error: Optional[BaseException] = None
         self.finished = False
+        self.inputVolume = None  # the volume this run works on (shown with its result)
         self.startTime = time.monotonic()
         self.endTime: Optional[float] = None
         self._logShown = 0
@@ -96,6 +104,17 @@ class EngineJob:
     @property
     def lastEvent(self) -> Optional[ProgressEvent]:
         return self.runner.lastEvent
+
+    cancellable = True
+
+    @property
+    def fraction(self) -> Optional[float]:
+        return self.lastEvent.fraction if self.lastEvent is not None else None
+
+    @property
+    def statusText(self) -> str:
+        event = self.lastEvent
+        return event.describe() if event is not None else "Starting…"
 
     def poll(self) -> bool:
         if self.finished:
@@ -163,6 +182,25 @@ class MambaMIMSegmenterLogic:
         self.python = python or pythonExecutable()
         self.enginePaths = defaultEnginePaths() if enginePaths is None else enginePaths
         self.tempRoot = tempRoot
+        self.comparisonLayout = ComparisonLayout()
+
+    def setCacheDir(self, cacheDir: Path) -> bool:
+        """Use another model cache folder; False when it is the current one. Hashes already verified
+        stay verified, so changing the folder never re-hashes the built-in models."""
+        cacheDir = Path(cacheDir)
+        if cacheDir == self.registry.cacheDir:
+            return False
+        self.registry.cacheDir = cacheDir
+        return True
+
+    def modelOverlap(self, entry: ModelEntry) -> Optional[float]:
+        """The sliding-window overlap in the model's card, when the model is available locally."""
+        try:
+            path = self.registry.localPath(entry)
+            overlap = readCard(path)["input"].get("overlap") if path is not None else None
+        except (RegistryError, OSError):
+            return None
+        return float(overlap) if overlap is not None else None
 
     # -- models --------------------------------------------------------------------------------------
     def resolveModel(
@@ -210,14 +248,7 @@ class MambaMIMSegmenterLogic:
             raise InputError(f"overlap must be in [0, 1), got {overlap}")
         entry, packageDir = self.resolveModel(model, "segmentation")
         card = readCard(packageDir)
-        if checkModality:
-            expected, actual = card["input"]["modality"], guessModality(volumeNode)
-            if expected != actual:
-                raise InputError(
-                    f'Model "{entry.title}" is for {expected} images, '
-                    f'but "{volumeNode.GetName()}" looks like '
-                    f"{actual}. Select a {expected} volume or a model trained on {actual}."
-                )
+        modality = self.checkModality(volumeNode, entry, card, packageDir) if checkModality else None
         workDir = self._workDir()
         try:
             inputPath = writeVolume(volumeNode, workDir / "input.nrrd")
@@ -239,6 +270,10 @@ class MambaMIMSegmenterLogic:
                 "json",
                 "--overwrite",
             ]
+            if modality in ("CT", "MR"):  # the engine applies the same rule again to what it loads
+                command += ["--modality", modality]
+            if not checkModality:  # the user turned the check off: the engine must not refuse either
+                command.append("--allow-other-modality")
             if fast:
                 command.append("--fast")
             if overlap is not None:
@@ -254,7 +289,23 @@ class MambaMIMSegmenterLogic:
             segmentation = buildSegmentation(labelmap, card["labels"], volumeNode)
             return addSegmentation(segmentation, volumeNode, self.scene, outputSegmentationNode)
 
-        return EngineJob(runner, workDir, finish, onProgress, onLog)
+        job = EngineJob(runner, workDir, finish, onProgress, onLog)
+        job.inputVolume = volumeNode
+        return job
+
+    def checkModality(self, volumeNode, entry: ModelEntry, card: dict, packageDir: Path) -> str:
+        """The input's modality by the engine's rule, refused by the engine's check when the model is
+        for another one; the message names the volume and the model."""
+        modality = importEngineModule("infer.modality")
+        actual = guessModality(volumeNode)
+        try:
+            modality.check_modality(card, actual, packageDir)
+        except modality.ModalityMismatch as exc:
+            raise InputError(
+                f'Model "{entry.title}" is for {exc.expected} images, but "{volumeNode.GetName()}" looks '
+                f"like {exc.actual}. Select a {exc.expected} volume or a model trained on {exc.actual}."
+            ) from None
+        return actual
 
     def segment(self, volumeNode, model, device: str = "auto", waitForCompletion: bool = True, **kwargs):
         """Segment ``volumeNode``; the segmentation node, or the running :class:`EngineJob` when
@@ -321,13 +372,22 @@ class MambaMIMSegmenterLogic:
             # Both are checked before either is added, so a bad output adds nothing.
             for node, what in ((masked, "masked input"), (reconstruction, "reconstruction")):
                 assertSameGeometry(volumeNode, node, what)
-            addVolume(masked, volumeNode, self.scene, f"{name} masked input", "masked input")
-            addVolume(reconstruction, volumeNode, self.scene, f"{name} reconstruction", "reconstruction")
-            if showResult:
-                showComparison(self.scene, (volumeNode, masked, reconstruction))
+            added = []
+            try:
+                for node, suffix in ((masked, "masked input"), (reconstruction, "reconstruction")):
+                    added.append(addVolume(node, volumeNode, self.scene, f"{name} {suffix}", suffix))
+                if showResult:
+                    self.comparisonLayout.show(self.scene, (volumeNode, masked, reconstruction))
+            except BaseException:
+                # Nothing half-created: a failure while showing removes what was added.
+                for node in added:
+                    removeFromScene(node, self.scene)
+                raise
             return masked, reconstruction
 
-        return EngineJob(runner, workDir, finish, onProgress, onLog)
+        job = EngineJob(runner, workDir, finish, onProgress, onLog)
+        job.inputVolume = volumeNode
+        return job
 
     def reconstruct(
         self,
@@ -344,6 +404,10 @@ class MambaMIMSegmenterLogic:
         return job.wait() if waitForCompletion else job
 
     # -- helpers ---------------------------------------------------------------------------------------
+    def scratchDir(self) -> Path:
+        """Where small temporary files go (Slicer's temporary folder inside the application)."""
+        return Path(self.tempRoot) if self.tempRoot is not None else Path(tempfile.gettempdir())
+
     def _workDir(self) -> Path:
         root = self.tempRoot
         if root is not None:

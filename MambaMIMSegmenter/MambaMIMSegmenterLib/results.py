@@ -53,7 +53,20 @@ def buildSegmentation(labelmapNode, labels: list[dict[str, Any]], volumeNode):
     segmentation = segmentationNode.GetSegmentation()
     binaryName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
     segmentation.SetSourceRepresentationName(binaryName)
+    # A new reference (the C++ factory returns it owned by the caller): release it as Slicer's own
+    # callers do, or every run leaks a full-size copy of the label map.
     labelImage = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labelmapNode)
+    try:
+        _addSegments(segmentation, labelImage, labels, binaryName)
+    finally:
+        labelImage.UnRegister(None)
+    # One shared labelmap instead of one volume per organ (organs never overlap in a label map).
+    segmentation.CollapseBinaryLabelmaps(False)
+    return segmentationNode
+
+
+def _addSegments(segmentation, labelImage, labels: list[dict[str, Any]], binaryName: str) -> None:
+    """One segment per label, each a binary labelmap on ``labelImage``'s grid."""
     for label in labels:
         value = int(label["value"])
         threshold = vtk.vtkImageThreshold()
@@ -75,9 +88,6 @@ def buildSegmentation(labelmapNode, labels: list[dict[str, Any]], volumeNode):
         if terminology:
             segment.SetTerminology(terminology)
         segmentation.AddSegment(segment, _segmentId(label["name"], segmentation))
-    # One shared labelmap instead of one volume per organ (organs never overlap in a label map).
-    segmentation.CollapseBinaryLabelmaps(False)
-    return segmentationNode
 
 
 def _segmentId(name: str, segmentation) -> str:
@@ -104,6 +114,20 @@ def placeInScene(node, volumeNode, scene, name: str):
     return node
 
 
+def removeFromScene(node, scene) -> None:
+    """Remove ``node`` with its display and storage nodes and its subject-hierarchy item."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = shNode.GetItemByDataNode(node) if shNode is not None else 0
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and helper.GetScene() is scene:
+            scene.RemoveNode(helper)
+    if item and shNode.GetItemDataNode(item) is None:
+        shNode.RemoveItem(item)
+
+
 def addSegmentation(segmentationNode, volumeNode, scene, target=None, name: str = ""):
     """Put a finished segmentation into the scene: into ``target`` (replacing its segments) or as a new
     node; the input becomes reference geometry and source volume (the Segment Editor picks it up)."""
@@ -116,7 +140,9 @@ def addSegmentation(segmentationNode, volumeNode, scene, target=None, name: str 
         if target.GetDisplayNode() is None:
             target.CreateDefaultDisplayNodes()
     else:
-        placeInScene(segmentationNode, volumeNode, scene, name or f"{volumeNode.GetName()} segmentation")
+        # A new node per run unless the caller chose one: never the segments of another volume.
+        name = scene.GenerateUniqueName(name or f"{volumeNode.GetName()} segmentation")
+        placeInScene(segmentationNode, volumeNode, scene, name)
     segmentationNode.SetNodeReferenceID(
         segmentationNode.GetReferenceImageGeometryReferenceRole(), volumeNode.GetID()
     )
@@ -163,20 +189,74 @@ COMPARISON_VIEWS = ("MambaMIMInput", "MambaMIMMasked", "MambaMIMReconstruction")
 COMPARISON_LAYOUT_ID = 5801
 
 
-def showComparison(scene, volumeNodes: tuple[Any, Any, Any]) -> None:
-    """Switch to the side-by-side layout and show input / masked / reconstruction, linked."""
-    layoutNode = scene.GetSingletonNode("vtkMRMLLayoutNode", "vtkMRMLLayoutNode")
-    if layoutNode is None:
-        return  # no views without the application (scripts, tests)
-    if not layoutNode.IsLayoutDescription(COMPARISON_LAYOUT_ID):
-        layoutNode.AddLayoutDescription(COMPARISON_LAYOUT_ID, comparisonLayoutXml(COMPARISON_VIEWS))
-    layoutNode.SetViewArrangement(COMPARISON_LAYOUT_ID)
+def applicationSliceLogics() -> list:
+    """The slice logics of the running application's views; none without the application."""
+    app = getattr(slicer, "app", None)
+    if app is None:
+        return []
+    logics = app.applicationLogic().GetSliceLogics()
+    return [logics.GetItemAsObject(i) for i in range(logics.GetNumberOfItems())]
+
+
+def _fit(sliceLogics, layoutNames=None) -> None:
+    for logic in sliceLogics:
+        if layoutNames is None or logic.GetSliceNode().GetLayoutName() in layoutNames:
+            logic.FitSliceToAll()
+
+
+def showVolumeInSliceViews(scene, volumeNode, sliceLogics=None) -> None:
+    """Show ``volumeNode`` (the volume that was segmented, not whatever is selected now) as the
+    background of every slice view, fitted to it."""
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
     for index in range(composites.GetNumberOfItems()):
         composite = composites.GetItemAsObject(index)
-        if composite.GetLayoutName() in COMPARISON_VIEWS:
-            volume = volumeNodes[COMPARISON_VIEWS.index(composite.GetLayoutName())]
-            composite.SetBackgroundVolumeID(volume.GetID())
-            composite.SetForegroundVolumeID(None)
-            composite.SetLabelVolumeID(None)
-            composite.SetLinkedControl(True)
+        if composite.GetLayoutName() not in COMPARISON_VIEWS:
+            composite.SetBackgroundVolumeID(volumeNode.GetID())
+    _fit(applicationSliceLogics() if sliceLogics is None else sliceLogics)
+
+
+class ComparisonLayout:
+    """Input, masked input and reconstruction side by side, linked and fitted; the layout that was
+    shown before can be restored."""
+
+    def __init__(self) -> None:
+        self.previousArrangement: Optional[int] = None
+
+    def show(self, scene, volumeNodes: tuple[Any, Any, Any], sliceLogics=None) -> None:
+        layoutNode = scene.GetSingletonNode("vtkMRMLLayoutNode", "vtkMRMLLayoutNode")
+        if layoutNode is not None:  # none without the application (scripts, tests)
+            if not layoutNode.IsLayoutDescription(COMPARISON_LAYOUT_ID):
+                layoutNode.AddLayoutDescription(COMPARISON_LAYOUT_ID, comparisonLayoutXml(COMPARISON_VIEWS))
+            if layoutNode.GetViewArrangement() != COMPARISON_LAYOUT_ID:
+                self.previousArrangement = layoutNode.GetViewArrangement()
+            layoutNode.SetViewArrangement(COMPARISON_LAYOUT_ID)
+        composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        for index in range(composites.GetNumberOfItems()):
+            composite = composites.GetItemAsObject(index)
+            if composite.GetLayoutName() in COMPARISON_VIEWS:
+                volume = volumeNodes[COMPARISON_VIEWS.index(composite.GetLayoutName())]
+                composite.SetBackgroundVolumeID(volume.GetID())
+                composite.SetForegroundVolumeID(None)
+                composite.SetLabelVolumeID(None)
+                composite.SetLinkedControl(True)
+        logics = [
+            logic
+            for logic in (applicationSliceLogics() if sliceLogics is None else sliceLogics)
+            if logic.GetSliceNode().GetLayoutName() in COMPARISON_VIEWS
+        ]
+        _fit(logics)
+        for logic in logics[1:]:  # the same slice side by side (linking alone may not have run yet)
+            logic.SetSliceOffset(logics[0].GetSliceOffset())
+
+    @property
+    def canRestore(self) -> bool:
+        return self.previousArrangement is not None
+
+    def restore(self, scene) -> bool:
+        """Back to the layout shown before the comparison; False when there is none to go back to."""
+        layoutNode = scene.GetSingletonNode("vtkMRMLLayoutNode", "vtkMRMLLayoutNode")
+        if layoutNode is None or self.previousArrangement is None:
+            return False
+        layoutNode.SetViewArrangement(self.previousArrangement)
+        self.previousArrangement = None
+        return True

@@ -213,22 +213,21 @@ def killProcessTree(pid: int) -> None:
 def pythonExecutable() -> str:
     """The Python that runs the engine: ``PythonSlicer`` inside Slicer (whose ``sys.executable`` is
     the application itself), the current interpreter anywhere else."""
-    executable = Path(sys.executable)
-    if executable.stem.lower().startswith("python"):
-        return str(executable)
     import shutil
 
     name = "PythonSlicer" + (".exe" if sys.platform == "win32" else "")
-    # Slicer puts its bin folder on PATH; the others are the Linux/Windows and macOS bundle layouts.
-    candidates = [
-        shutil.which("PythonSlicer"),
-        executable.with_name(name),
-        executable.parent.parent / "bin" / name,
-    ]
+    candidates = [shutil.which("PythonSlicer")]  # Slicer puts its bin folder on PATH
+    if sys.executable:  # empty for embedded interpreters that cannot tell
+        executable = Path(sys.executable)
+        if executable.stem.lower().startswith("python"):
+            return str(executable)
+        # The Linux/Windows and macOS bundle layouts.
+        candidates += [executable.with_name(name), executable.parent.parent / "bin" / name]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return str(candidate)
-    raise EngineError(f"cannot find PythonSlicer (on PATH or next to {executable}) to run the engine")
+    where = sys.executable or "the application"
+    raise EngineError(f"cannot find PythonSlicer (on PATH or next to {where}) to run the engine")
 
 
 def engineEnvironment(enginePaths: Sequence[str]) -> dict[str, str]:

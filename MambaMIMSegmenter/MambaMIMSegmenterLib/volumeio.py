@@ -14,13 +14,10 @@ import numpy as np
 import slicer
 import vtk
 
+from .enginepath import importEngineModule
+
 # Geometry tolerance (mm, and unit-less for direction cosines): NRRD stores doubles in text.
 GEOMETRY_TOLERANCE = 1e-4
-# CT is in Hounsfield units: air (-1000) and fat (-100) make the lowest 0.5 % of voxels clearly
-# negative, even in a crop inside the body; MR intensities are non-negative up to noise and bias
-# correction (the sample MR's 0.5th percentile is -4).
-_CT_LOW_PERCENTILE = 0.5
-_CT_LOW_VALUE = -50.0
 
 
 class InputError(ValueError):
@@ -108,16 +105,12 @@ def volumeArray(volumeNode) -> np.ndarray:
 
 
 def guessModality(volumeNode) -> str:
-    """ "CT" or "MR" (or another DICOM modality) from DICOM tags when present, else from intensities."""
+    """The engine's rule (``mambamim.infer.modality``) applied to a volume node: its DICOM Modality tag
+    (on the node or its subject-hierarchy item) when present, else its intensities."""
     tags = [volumeNode.GetAttribute("DICOM.Modality")]
     scene = volumeNode.GetScene()
     shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene) if scene is not None else None
     if shNode is not None and shNode.GetItemByDataNode(volumeNode):
         tags.append(shNode.GetItemAttribute(shNode.GetItemByDataNode(volumeNode), "DICOM.Modality"))
-    for tag in tags:
-        if tag and tag.strip():
-            value = tag.strip().upper()
-            return "MR" if value == "MRI" else value
-    values = volumeArray(volumeNode)
-    sample = values.reshape(-1)[:: max(1, values.size // 200_000)]
-    return "CT" if float(np.percentile(sample, _CT_LOW_PERCENTILE)) < _CT_LOW_VALUE else "MR"
+    tag = next((t for t in tags if t and t.strip()), None)
+    return importEngineModule("infer.modality").guess_modality(volumeArray(volumeNode), tag)

@@ -4,6 +4,7 @@ sample CT as a volume node (full size and a small crop), and a model package for
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,9 @@ if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
 DEMO_PACKAGE = ROOT / "Resources" / "models" / "btcv-hymamba-demo"
+# The interpreter that runs the engine's child processes: this one, unless the tests run on a Python
+# without torch (the Python 3.12 environment, see the Makefile), where it names one that has it.
+ENGINE_PYTHON = os.environ.get("MAMBAMIM_TEST_ENGINE_PYTHON") or sys.executable
 
 
 class HeadlessSlicer:

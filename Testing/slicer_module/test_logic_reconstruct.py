@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import slicer
-from conftest import ijkToRasOf, volumeArray
+from conftest import ENGINE_PYTHON, ijkToRasOf, volumeArray
 from MambaMIMSegmenterLib import EngineCancelled, InputError, MambaMIMSegmenterLogic, ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def logic(app, tmp_path):
     registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
     return MambaMIMSegmenterLogic(
-        scene=app.scene, registry=registry, python=sys.executable, tempRoot=tmp_path / "tmp"
+        scene=app.scene, registry=registry, python=ENGINE_PYTHON, tempRoot=tmp_path / "tmp"
     )
 
 

@@ -6,13 +6,12 @@ package (the built-in demo, or a tiny HyMamba package when the demo is not built
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import slicer
-from conftest import DEMO_PACKAGE, ijkToRasOf, segmentArray, volumeArray
+from conftest import DEMO_PACKAGE, ENGINE_PYTHON, ijkToRasOf, segmentArray, volumeArray
 from MambaMIMSegmenterLib import (
     EngineCancelled,
     EngineError,
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def logic(app, tmp_path):
     registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
     return MambaMIMSegmenterLogic(
-        scene=app.scene, registry=registry, python=sys.executable, tempRoot=tmp_path / "tmp"
+        scene=app.scene, registry=registry, python=ENGINE_PYTHON, tempRoot=tmp_path / "tmp"
     )
 
 
@@ -152,7 +151,7 @@ def test_crashed_child_gives_a_clear_error_and_leaves_nothing(
     logic = MambaMIMSegmenterLogic(
         scene=app.scene,
         registry=registry,
-        python=sys.executable,
+        python=ENGINE_PYTHON,
         enginePaths=[crashing_engine],
         tempRoot=tmp_path / "tmp",
     )

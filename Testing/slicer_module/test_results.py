@@ -105,21 +105,66 @@ def test_terminology_and_layout_helpers():
     assert xml.count('class="vtkMRMLSliceNode"') == 3 and 'singletontag="B"' in xml
 
 
-def test_comparison_layout_shows_the_three_volumes_linked(app):
-    from MambaMIMSegmenterLib.results import COMPARISON_LAYOUT_ID, COMPARISON_VIEWS, showComparison
+def test_comparison_layout_shows_the_three_volumes_linked_fitted_and_restorable(app):
+    from MambaMIMSegmenterLib.results import COMPARISON_LAYOUT_ID, COMPARISON_VIEWS, ComparisonLayout
 
-    volumes = [app.addVolumeFromArray(np.zeros((4, 5, 6), np.int16), np.eye(4), n) for n in "IMR"]
-    showComparison(app.scene, volumes)  # no layout node without the application: nothing to do
+    spacing = np.diag([40.0, 40.0, 40.0, 1.0])
+    volumes = [app.addVolumeFromArray(np.zeros((4, 5, 6), np.int16), spacing, n) for n in "IMR"]
+    comparison = ComparisonLayout()
+    comparison.show(app.scene, volumes, sliceLogics=[])  # no layout node without the application
+    assert not comparison.canRestore
     layout = slicer.vtkMRMLLayoutNode()
     layout.SetSingletonTag("vtkMRMLLayoutNode")
     app.scene.AddNode(layout)
-    composites = []
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+    logics = []
     for name in COMPARISON_VIEWS:  # what the layout manager creates for the new views
-        composite = slicer.vtkMRMLSliceCompositeNode()
-        composite.SetLayoutName(name)
-        app.scene.AddNode(composite)
-        composites.append(composite)
-    showComparison(app.scene, volumes)
+        logic = slicer.vtkMRMLSliceLogic()
+        logic.SetMRMLApplicationLogic(app.appLogic)
+        logic.SetMRMLScene(app.scene)
+        logic.AddSliceNode(name).SetDimensions(300, 300, 1)
+        logics.append(logic)
+    fov_before = logics[0].GetSliceNode().GetFieldOfView()
+    comparison.show(app.scene, volumes, sliceLogics=logics)
+    composites = [logic.GetSliceCompositeNode() for logic in logics]
     assert layout.GetViewArrangement() == COMPARISON_LAYOUT_ID
     assert [c.GetBackgroundVolumeID() for c in composites] == [v.GetID() for v in volumes]
     assert all(c.GetLinkedControl() for c in composites)
+    # Fitted: the field of view now spans the 6 × 40 mm volume, not the default 250 mm.
+    fov = logics[0].GetSliceNode().GetFieldOfView()
+    assert fov != fov_before and 200 <= max(fov[:2]) <= 260 and abs(max(fov[:2]) - 240) < 25
+    assert comparison.canRestore and comparison.restore(app.scene)
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView
+    assert not comparison.restore(app.scene)
+
+
+def test_repeated_segmentations_do_not_leak_the_label_map(app, tmp_path):
+    """Defect: CreateOrientedImageDataFromVolumeNode returns a new reference (Slicer's own callers
+    UnRegister it); kept, every segmentation leaked a full-size label map (here 8 MiB each)."""
+    import gc
+
+    psutil = pytest.importorskip("psutil")
+    shape = (128, 256, 256)
+    labels = np.zeros(shape, np.uint8)
+    labels[10:60, 20:120, 30:200] = 1
+    volume = app.addVolumeFromArray(np.zeros((2, 2, 2), np.int16), np.eye(4), "scan")
+    label_node = app.addVolumeFromArray(labels, np.eye(4), "labels", nodeClass="vtkMRMLLabelMapVolumeNode")
+    path = writeVolume(label_node, tmp_path / "labels.nrrd")
+    app.scene.RemoveNode(label_node)
+    volume.SetAndObserveImageData(None)
+    big = app.addVolumeFromArray(np.zeros(shape, np.int16), np.eye(4), "big scan")
+    del label_node, labels
+
+    def one_run():
+        segmentation = buildSegmentation(readVolume(path, labelmap=True), LABELS[:1], big)
+        assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+        del segmentation
+        gc.collect()
+
+    one_run()  # warm-up: allocator pools, VTK class registrations
+    process = psutil.Process()
+    before = process.memory_info().rss
+    for _ in range(8):
+        one_run()
+    grown = (process.memory_info().rss - before) / 2**20
+    assert grown < 24, f"memory grew by {grown:.0f} MiB over 8 segmentations (8 MiB label map each)"

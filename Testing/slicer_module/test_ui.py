@@ -85,3 +85,18 @@ def test_module_cites_both_papers():
     text = MODULE_FILE.read_text()
     assert "2408.08070" in text and "2410.15496" in text
     assert 'categories = ["Segmentation"]' in text
+
+
+def test_no_path_parameter_that_would_show_a_dot():
+    """A ``Path`` parameter bound to a ctkPathLineEdit is written as ``str(Path())`` == "." (Slicer
+    5.10's parameterNodeWrapper/guiConnectors.py): the checkpoint file field is read directly."""
+    fields = _parameter_fields()
+    assert not any(annotation in ("Path", "pathlib.Path") for annotation in fields.values()), fields
+
+
+def test_cuda_kernels_and_layout_restore_are_offered(ui_widget):
+    widgets = _widgets_by_name(ui_widget)
+    assert widgets["installCudaKernelsButton"].text().startswith("Install optional CUDA kernels")
+    assert widgets["settingsCollapsibleButton"].property("text") == "Advanced"
+    assert not widgets["restoreLayoutButton"].isEnabled()
+    assert widgets["compatibilityLabel"].isHidden()
