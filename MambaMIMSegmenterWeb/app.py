@@ -89,7 +89,7 @@ class SegmenterWebApp(TrameApp):
                 "progress_text": "",
                 "log": "",
                 "segments": [],
-                "segment_opacity": 1.0,
+                "segment_opacity": 0.6,
                 "show_surfaces": False,
                 "has_reconstruction": False,
                 "view_layout": SEGMENT_LAYOUT,
@@ -256,9 +256,13 @@ class SegmenterWebApp(TrameApp):
                     self.say(str(error).splitlines()[0] if str(error) else type(error).__name__, True)
                     for line in str(error).splitlines()[1:]:
                         self.append_log(line)
-                else:
-                    self.state.progress = 100.0
+                    return
+                self.state.progress = 100.0
+                try:
                     done(result)
+                except Exception as exc:  # showing the result failed: say so, keep serving
+                    self.say(f"could not show the result: {exc}", True)
+                    raise
 
         create_task(jobs.follow(job, on_progress, on_done, self.case.batch))
 

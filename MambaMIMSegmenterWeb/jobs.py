@@ -48,7 +48,7 @@ def describe(job: EngineJob) -> Progress:
     text = f"{event.stage}"
     if event.message:
         text += f": {event.message}"
-    if event.eta_s is not None:
+    if event.eta_s is not None and not event.terminal:
         text += f" (about {formatSeconds(event.eta_s)} left)"
     return Progress(round(100 * event.fraction, 1), text)
 

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 from MambaMIMSegmenterLib.results import COMPARISON_VIEWS, showSegmentation3D
 from MambaMIMSegmenterLib.volumeio import guessModality, validateInputVolume
-from slicer import vtkMRMLScene, vtkSegmentationConverter
+from slicer import vtkMRMLScene, vtkMRMLSegmentationStorageNode, vtkSegmentationConverter
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
@@ -78,6 +78,8 @@ class CaseScene:
         self.volume = None
         self.segmentation = None
         self.reconstruction: tuple[Any, Any] | None = None
+        self.overlay = None  # the segmentation as a coloured label map for the slice views
+        self.opacity = 0.6
 
     # -- batching ---------------------------------------------------------------------------------
     @contextmanager
@@ -120,6 +122,8 @@ class CaseScene:
 
     def clear(self, keep=None) -> None:
         """Remove every scan, segmentation and surface (a new case, or the session ended)."""
+        if self.overlay is not None:
+            self.scene.RemoveNode(self.overlay.GetDisplayNode().GetColorNode())
         for class_name in _DATA_CLASSES:
             nodes = self.scene.GetNodesByClass(class_name)
             for index in range(nodes.GetNumberOfItems()):
@@ -129,6 +133,7 @@ class CaseScene:
         self.volume = keep
         self.segmentation = None
         self.reconstruction = None
+        self.overlay = None
 
     # -- display ----------------------------------------------------------------------------------
     def set_window_level(self, preset: str) -> None:
@@ -151,6 +156,9 @@ class CaseScene:
         for view in self.app.view_manager.get_slice_views(0):
             view.set_background_volume_id(self.volume.GetID() if self.volume else None)
             view.set_foreground_volume_id(None)
+            composite = _composite(view)
+            composite.SetLabelVolumeID(self.overlay.GetID() if self.overlay is not None else None)
+            composite.SetLabelOpacity(self.opacity)
 
     def show_reconstruction_layout(self) -> None:
         if self.reconstruction is None:
@@ -161,20 +169,25 @@ class CaseScene:
             view = self.app.view_manager.get_view(tag)
             view.set_background_volume_id(volume.GetID())
             view.set_foreground_volume_id(None)
-            composite = view.logic.GetSliceCompositeNode()
+            composite = _composite(view)
             composite.SetLinkedControl(True)
-            if self.segmentation is not None:
-                self.segmentation.GetDisplayNode().SetVisibility(True)
         self.app.display_manager.reset_views(1)
 
     # -- results ----------------------------------------------------------------------------------
     def set_segmentation(self, node) -> None:
-        """Show a finished segmentation (from the library) in the Segment views, 2-D only at first."""
+        """Show a finished segmentation (from the library) in the Segment views, 2-D only at first.
+
+        The slice views draw it as a label layer in the card's colours: with slicer-core 5.11 and
+        slicer-layer-dm 2.0, Slicer's 2-D segmentation displayable manager draws nothing in
+        trame-slicer's slice views, while label layers render; the 3-D view shows the segmentation
+        node's own surfaces."""
         if self.segmentation is not None and self.segmentation is not node:
             self.scene.RemoveNode(self.segmentation)
         self.segmentation = node
         display = node.GetDisplayNode()
+        display.SetVisibility2D(False)
         display.SetVisibility3D(False)
+        self._update_overlay()
         self.show_segment_layout()
 
     def set_reconstruction(self, masked, reconstruction) -> None:
@@ -214,17 +227,57 @@ class CaseScene:
             return 0.0
         label = segmentation.GetSegment(segment_id).GetLabelValue()
         voxels = int(np.count_nonzero(vtk_to_numpy(image.GetPointData().GetScalars()) == label))
-        directions = np.array([[image.GetDirections()[i * 3 + j] for j in range(3)] for i in range(3)])
-        voxel_mm3 = abs(np.linalg.det(directions)) * float(np.prod(image.GetSpacing()))
-        return voxels * voxel_mm3 / 1000.0
+        # Oriented image data keep unit direction vectors apart from the spacing.
+        return voxels * float(np.prod(image.GetSpacing())) / 1000.0
 
     def set_segment_visible(self, segment_id: str, visible: bool) -> None:
         if self.segmentation is not None:
-            self.segmentation.GetDisplayNode().SetSegmentVisibility(segment_id, bool(visible))
+            with self.batch():
+                self.segmentation.GetDisplayNode().SetSegmentVisibility(segment_id, bool(visible))
+                self._update_overlay_colours()
 
     def set_segmentation_opacity(self, opacity: float) -> None:
+        self.opacity = float(opacity)
         if self.segmentation is not None:
-            self.segmentation.GetDisplayNode().SetOpacity(float(opacity))
+            self.segmentation.GetDisplayNode().SetOpacity3D(self.opacity)
+        for view in self.app.view_manager.get_slice_views(0):
+            _composite(view).SetLabelOpacity(self.opacity)
+
+    def _update_overlay(self) -> None:
+        """(Re)build the label-layer copy of the segmentation: values 1..N in segment order."""
+        if self.overlay is None:
+            self.overlay = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "segmentation overlay")
+            self.overlay.SetHideFromEditors(True)
+            self.overlay.CreateDefaultDisplayNodes()
+            colours = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "segment colours")
+            colours.SetTypeToUser()
+            colours.SetHideFromEditors(True)
+            colours.SetNumberOfColors(1)
+            colours.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+            self.overlay.GetDisplayNode().SetAndObserveColorNodeID(colours.GetID())
+        _export_labelmap(
+            self.app.segmentations_logic, self.segmentation, self._segment_ids(), self.overlay, self.volume
+        )
+        self._update_overlay_colours()
+
+    def _update_overlay_colours(self) -> None:
+        """Entry i + 1 is segment i's colour (the card's), transparent when the segment is hidden."""
+        colours = self.overlay.GetDisplayNode().GetColorNode()
+        segmentation = self.segmentation.GetSegmentation()
+        display = self.segmentation.GetDisplayNode()
+        ids = self._segment_ids()
+        colours.SetNumberOfColors(len(ids) + 1)
+        colours.GetLookupTable().SetRange(0, len(ids))
+        colours.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+        for index, segment_id in enumerate(ids, start=1):
+            r, g, b = segmentation.GetSegment(segment_id).GetColor()
+            alpha = 1.0 if display.GetSegmentVisibility(segment_id) else 0.0
+            colours.SetColor(index, segmentation.GetSegment(segment_id).GetName(), r, g, b, alpha)
+        colours.Modified()
+
+    def _segment_ids(self) -> list[str]:
+        segmentation = self.segmentation.GetSegmentation()
+        return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
 
     def show_surfaces(self, show: bool) -> None:
         if self.segmentation is not None:
@@ -240,20 +293,27 @@ class CaseScene:
         base = _safe_stem(self.volume.GetName())
         if kind == "seg.nrrd":
             path = folder / f"{base}.seg.nrrd"
-            self.app.io_manager.write_segmentation(self.segmentation, path)
+            storage = vtkMRMLSegmentationStorageNode()  # Slicer's own writer: names, colours, terminology
+            storage.SetFileName(str(path))
+            if not storage.WriteData(self.segmentation):
+                raise OSError(f"could not write {path.name}")
             return path
         if kind != "labels":
             raise ValueError(f"unknown download {kind!r}")
         path = folder / f"{base}_labels.nii.gz"
         labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{base} labels")
         try:
-            segmentation = self.segmentation.GetSegmentation()
-            ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+            ids = self._segment_ids()
             _export_labelmap(self.app.segmentations_logic, self.segmentation, ids, labelmap, self.volume)
             self.app.io_manager.write_volume(labelmap, path)
         finally:
             self.scene.RemoveNode(labelmap)
         return path
+
+
+def _composite(view):
+    """The slice view's composite node (layers); trame-slicer keeps the slice logic private."""
+    return view._logic.GetSliceCompositeNode()
 
 
 def _export_labelmap(logic, segmentation_node, segment_ids, labelmap, reference) -> None:
