@@ -100,7 +100,6 @@ class SegmenterWebApp(TrameApp):
         state.change("segment_opacity")(
             lambda segment_opacity, **_: self.case.set_segmentation_opacity(segment_opacity)
         )
-        state.change("show_surfaces")(self._on_show_surfaces)
         state.change("view_layout")(self._on_view_layout)
         self._on_model(state.model_id)
 
@@ -114,8 +113,10 @@ class SegmenterWebApp(TrameApp):
         except (RegistryError, KeyError, OSError):
             pass
 
-    def _on_show_surfaces(self, show_surfaces=False, **_):
-        self.case.show_surfaces(show_surfaces)
+    def toggle_surfaces(self) -> None:
+        """3-D surfaces on demand (building them takes a few seconds for many segments)."""
+        self.state.show_surfaces = not self.state.show_surfaces
+        self.case.show_surfaces(self.state.show_surfaces)
 
     def _on_view_layout(self, view_layout=SEGMENT_LAYOUT, **_):
         if view_layout == RECONSTRUCTION_LAYOUT and self.case.reconstruction is not None:
@@ -128,7 +129,7 @@ class SegmenterWebApp(TrameApp):
         self.state.message_is_error = error
 
     def append_log(self, line: str) -> None:
-        lines = (self.state.log.splitlines() + [line])[-LOG_LINES:]
+        lines = [*self.state.log.splitlines(), line][-LOG_LINES:]
         self.state.log = "\n".join(lines)
 
     # -- scans ------------------------------------------------------------------------------------

@@ -134,6 +134,9 @@ class CaseScene:
         self.segmentation = None
         self.reconstruction = None
         self.overlay = None
+        # Redraw now: a view keeps streaming its last frame, which must not show the previous case.
+        for view in self.app.view_manager.get_views():
+            view.schedule_render()
 
     # -- display ----------------------------------------------------------------------------------
     def set_window_level(self, preset: str) -> None:
@@ -283,6 +286,9 @@ class CaseScene:
         if self.segmentation is not None:
             with self.batch():
                 showSegmentation3D(self.segmentation, bool(show))
+            if show:  # the 3-D camera was set up on an empty scene: frame the surfaces
+                for view in self.app.view_manager.get_threed_views():
+                    view.reset_view()
 
     # -- downloads --------------------------------------------------------------------------------
     def export_segmentation(self, kind: str, folder: Path) -> Path:

@@ -12,9 +12,9 @@ from typing import Optional
 # Views render offscreen through EGL (no X display on a server); set before VTK creates a window.
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
-from .access import AccessGate, is_loopback, resolve_token  # noqa: E402
+from .access import AccessGate, is_loopback, resolve_token
 
 MAX_UPLOAD_BYTES = 4 * 1024**3
 _CHUNK = 1 << 20

@@ -70,7 +70,9 @@ def _load_panel(app) -> None:
             with html.Div(v_if=("server_scans.length",)):
                 v.VSelect(label="Server folder", items=("server_scans",), v_model=("server_scan",),
                           density="compact")
-                v.VBtn("Open", click=app.load_server_scan, disabled=("running || !server_scan",), size="small")
+                v.VBtn(
+                    "Open", click=app.load_server_scan, disabled=("running || !server_scan",), size="small"
+                )
             v.VBtn(
                 "Open the sample CT",
                 v_if=("has_sample",),
@@ -123,8 +125,13 @@ def _segment_panel(app) -> None:
             with html.Div(v_if=("segments.length",), classes="mt-3", id="segment-list"):
                 v.VSlider(label="Opacity", v_model=("segment_opacity",), min=0, max=1, step=0.05,
                           density="compact")
-                v.VCheckbox(label="3-D surfaces", v_model=("show_surfaces",), density="compact",
-                            id="surfaces")
+                v.VBtn(
+                    ("show_surfaces ? 'Hide 3-D surfaces' : 'Show 3-D surfaces'",),
+                    click=app.toggle_surfaces,
+                    size="small",
+                    prepend_icon="mdi-cube-outline",
+                    id="surfaces",
+                )
                 with html.Table(style="width: 100%; font-size: 0.85em;"):
                     with html.Tr(v_for="row in segments", key="row.id", classes="mm-segment"):
                         with html.Td():

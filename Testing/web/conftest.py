@@ -80,7 +80,7 @@ class WebServer:
         if token:
             env["MAMBAMIM_WEB_TOKEN"] = token
         self.log_path = (log_dir or Path("/tmp")) / f"mambamim-web-{self.port}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
@@ -182,10 +182,9 @@ def open_app(page: Page, url: str) -> None:
 # -- pixels -------------------------------------------------------------------------------------------
 def visible_views(page: Page) -> list:
     """The streamed view images on screen, largest first (the primary view)."""
-    views = [img for img in page.locator("img").all() if img.is_visible()]
-    boxes = [view.bounding_box() for view in views]
-    ordered = sorted(zip(views, boxes), key=lambda pair: -(pair[1]["width"] * pair[1]["height"]))
-    return [view for view, box in ordered if box["width"] > 100 and box["height"] > 100]
+    shown = [(img, img.bounding_box()) for img in page.locator("img").all() if img.is_visible()]
+    shown = [(img, box) for img, box in shown if box and box["width"] > 100 and box["height"] > 100]
+    return [img for img, box in sorted(shown, key=lambda pair: -(pair[1]["width"] * pair[1]["height"]))]
 
 
 def segment_views(page: Page) -> dict:

@@ -74,9 +74,11 @@ def test_segment_sample_shows_card_names_and_colours(page, demo_labels):
 
     # 3-D surfaces on demand: the 3-D view (the one beside the axial view) gains the colours.
     threed = views["threed"]
-    assert _coloured_fraction(threed) < 0.01
-    page.locator("#surfaces input").check()
-    wait_for(lambda: _coloured_fraction(threed) > 0.01, 60, "surfaces in the 3-D view")
+    assert _coloured_fraction(threed) < 0.001
+    page.locator("#surfaces").click()
+    wait_for(lambda: _coloured_fraction(threed) > 0.003, 90, "surfaces in the 3-D view")
+    shaded = match_card_colours(view_pixels(threed), colours, tolerance=0.3)
+    assert (shaded >= 0).mean() > 0.6, "the surfaces should be in the card's colours"
 
 
 def test_cancel_leaves_no_segmentation(page):
@@ -88,6 +90,7 @@ def test_cancel_leaves_no_segmentation(page):
     assert page.locator("#segment-list").count() == 0
     base = page.url.split("?")[0].rsplit("/", 1)[0]
     assert page.request.get(base + "/download/labels").status == 409  # nothing to download
+    # Nothing coloured anywhere: not this run's result, nor the previous session's surfaces.
     for view in segment_views(page).values():
         assert chromatic(view_pixels(view)).mean() < 0.001
 
