@@ -55,7 +55,7 @@ test-web: web-venv chromium
 	MAMBAMIM_REQUIRE_WEB_TESTS=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(WEB_BIN)/python -m pytest -q Testing/web
 
 lint: venv
-	$(BIN)/ruff check Training Testing MambaMIMSegmenter
+	$(BIN)/ruff check Training Testing MambaMIMSegmenter MambaMIMSegmenterWeb
 
 clean:
 	rm -rf $(VENV) $(WEB_VENV) .pytest_cache .ruff_cache

@@ -126,7 +126,7 @@ def _segment_panel(app) -> None:
                 v.VSlider(label="Opacity", v_model=("segment_opacity",), min=0, max=1, step=0.05,
                           density="compact")
                 v.VBtn(
-                    ("show_surfaces ? 'Hide 3-D surfaces' : 'Show 3-D surfaces'",),
+                    text=("show_surfaces ? 'Hide 3-D surfaces' : 'Show 3-D surfaces'",),
                     click=app.toggle_surfaces,
                     size="small",
                     prepend_icon="mdi-cube-outline",

@@ -8,6 +8,7 @@ They run in the web environment (``make test-web``); elsewhere they are skipped,
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -195,10 +196,20 @@ def segment_views(page: Page) -> dict:
     return {"axial": axial, "threed": column[0], "coronal": column[1], "sagittal": column[2]}
 
 
+# The frame the server streamed into the view's <img>, read back losslessly through a canvas (a page
+# screenshot would also catch the HTML drawn over the view: sliders, buttons).
+_FRAME_JS = """img => { const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  canvas.getContext('2d').drawImage(img, 0, 0); return canvas.toDataURL('image/png'); }"""
+
+
 def view_pixels(view) -> np.ndarray:
+    """The view's current frame as an (H, W, 3) int16 array."""
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(view.screenshot())).convert("RGB")).astype(np.int16)
+    data = view.evaluate(_FRAME_JS)
+    png = base64.b64decode(data.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
 
 
 def chromatic(pixels: np.ndarray, threshold: int = 30) -> np.ndarray:
