@@ -77,7 +77,7 @@ def test_segment_sample_shows_card_names_and_colours(page, demo_labels):
     # but with trame-slicer 2.0 on this machine the streamed 3-D view has not shown them yet, so only
     # the control is checked here; the 3-D pixel check is still to do.
     page.locator("#surfaces").click()
-    wait_for(lambda: "Hide" in page.locator("#surfaces").inner_text(), 60, "the surfaces to be built")
+    wait_for(lambda: "hide" in page.locator("#surfaces").inner_text().lower(), 60, "the surfaces to be built")
 
 
 def test_cancel_leaves_no_segmentation(page):
