@@ -4,10 +4,10 @@ Every HTTP request (page, scripts, downloads, uploads) and the websocket pass :c
 aiohttp middleware. With a token set, a request must carry it: as ``?token=`` (the link printed at
 start; the gate then sets an HttpOnly, SameSite=Strict cookie and redirects to the same address
 without the token, so it stays out of history and logs), as that cookie, or as ``Authorization:
-Bearer``. Anything else gets a 401 page with no app content. A websocket from another origin is
-refused (cross-site websocket hijacking). While one session's websocket is open, a second browser
-gets a "busy" page (503) instead of sharing the first user's scene; when the last websocket closes
-the session ends and its scene is cleared.
+Bearer``. Anything else gets a 401 page with no app content. Websockets and uploads from another
+origin are refused (cross-site websocket hijacking, cross-site request forgery). While one session's
+websocket is open, a second browser gets a "busy" page (503) instead of sharing the first user's
+scene; when the last websocket closes the session ends and its scene is cleared.
 """
 
 from __future__ import annotations
@@ -114,9 +114,10 @@ class AccessGate:
                     secure=request.secure or request.headers.get("X-Forwarded-Proto") == "https",
                 )
                 return response
+        if (websocket or request.method not in ("GET", "HEAD")) and not self._same_origin(request):
+            # Another site's page may not drive this one (uploads, websocket), token or not.
+            raise web.HTTPForbidden(text="request from another origin refused")
         if websocket:
-            if not self._same_origin(request):
-                raise web.HTTPForbidden(text="websocket from another origin refused")
             if self.open_sockets:
                 raise web.HTTPServiceUnavailable(text="another session is open")
             return await self._serve_session(request, handler)

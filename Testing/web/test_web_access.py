@@ -70,3 +70,13 @@ def test_serving_beyond_loopback_always_needs_a_token():
     assert resolve_token("0.0.0.0", "  given-token ") == "given-token"
     with pytest.raises(ValueError, match="at least 8"):
         resolve_token("0.0.0.0", "short")
+
+
+def test_uploads_from_another_site_are_refused(page, web_app, sample_scan):
+    response = page.request.post(
+        web_app.url + "upload?name=evil.nii.gz",
+        data=sample_scan.read_bytes(),
+        headers={"Origin": "http://attacker.example"},
+    )
+    assert response.status == 403
+    assert page.locator("#volume-name").inner_text().strip() == "ct"
