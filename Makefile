@@ -49,10 +49,11 @@ chromium:
 web: web-venv
 	$(WEB_BIN)/mambamim web --load $(SAMPLE)/ct.nii.gz
 
-# Browser tests of the web app (pixels of the real views). They drive the Slicer library's segment,
-# cancel, reconstruction and result import on trame-slicer's slicer-core, the release the app runs on.
+# Browser tests of the web app (pixels of the real views), then the Slicer library's own tests on
+# trame-slicer's slicer-core: the library the app uses is tested on the release it runs on.
 test-web: web-venv chromium
 	MAMBAMIM_REQUIRE_WEB_TESTS=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(WEB_BIN)/python -m pytest -q Testing/web
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(WEB_BIN)/python -m pytest -q Testing/slicer_module
 
 lint: venv
 	$(BIN)/ruff check Training Testing MambaMIMSegmenter MambaMIMSegmenterWeb
