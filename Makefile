@@ -14,7 +14,7 @@ VENV312 ?= .venv312
 # Mesa's software driver; installed when missing (Debian packages, as root).
 EGL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
 
-.PHONY: venv venv312 egl demo test test312 lint bench clean
+.PHONY: venv venv312 egl demo test test312 lint bench clean web-venv web test-web chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +52,6 @@ demo: venv
 	$(BIN)/mambamim segment --input $(SAMPLE)/ct.nii.gz --output out/ct_labels.nii.gz --device cpu \
 		--reference $(SAMPLE)/ct_labels_btcv13.nii.gz --overwrite
 
-# One intra-op thread per process: the suite runs many tiny models and child processes at once, where
-# OpenMP threads only wait on each other (the whole suite is several times faster this way).
 egl:
 	@dpkg -s $(EGL_PACKAGES) >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -62,12 +60,41 @@ egl:
 			echo "EGL/Mesa packages missing ($(EGL_PACKAGES)): the rendering tests will be skipped"; \
 		fi; }
 
+# One intra-op thread per process: the suite runs many tiny models and child processes at once, where
+# OpenMP threads only wait on each other (the whole suite is several times faster this way).
 test: venv lint egl
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 	$(MAKE) test312
+	$(MAKE) test-web
+
+# The browser front end lives in its own environment: trame-slicer 2 pins slicer-core 5.11 and vtk 9.6,
+# while the test environment above tests the Slicer library on the newest slicer-core.
+WEB_VENV ?= .venv-web
+WEB_BIN := $(WEB_VENV)/bin
+$(WEB_BIN)/python:
+	$(PYTHON) -m venv $(WEB_VENV)
+	$(WEB_BIN)/python -m pip install -q --upgrade pip
+
+web-venv: $(WEB_BIN)/python
+	$(WEB_BIN)/python -c "import torch" 2>/dev/null || $(WEB_BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(WEB_BIN)/python -m pip install -q -e ".[web,web-test]"
+
+# Debian's Chromium for the browser tests (Playwright drives it; it never downloads a browser).
+chromium:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }
+
+# The app on the sample CT: open the printed address in a browser.
+web: web-venv
+	$(WEB_BIN)/mambamim web --load $(SAMPLE)/ct.nii.gz
+
+# Browser tests of the web app (pixels of the real views), then the Slicer library's own tests on
+# trame-slicer's slicer-core: the library the app uses is tested on the release it runs on.
+test-web: web-venv chromium
+	MAMBAMIM_REQUIRE_WEB_TESTS=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(WEB_BIN)/python -m pytest -q Testing/web
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(WEB_BIN)/python -m pytest -q Testing/slicer_module
 
 lint: venv
-	$(BIN)/ruff check Training Testing MambaMIMSegmenter
+	$(BIN)/ruff check Training Testing MambaMIMSegmenter MambaMIMSegmenterWeb
 
 clean:
-	rm -rf $(VENV) $(VENV312) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV312) $(WEB_VENV) .pytest_cache .ruff_cache
