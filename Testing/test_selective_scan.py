@@ -164,8 +164,8 @@ def test_backends_forced_and_errors(monkeypatch):
     with pytest.raises(RuntimeError, match="'cuda' was requested"):
         selective_scan_fn(*args)
     assert selective_scan_fn(*args, backend="auto").shape == (1, 2, 3)  # argument beats the variable
-    monkeypatch.setenv(ENV_VAR, "triton")
-    with pytest.raises(ValueError, match=f"{ENV_VAR} is 'triton'"):
+    monkeypatch.setenv(ENV_VAR, "cudnn")
+    with pytest.raises(ValueError, match=f"{ENV_VAR} is 'cudnn'"):
         selective_scan_fn(*args)
     with pytest.raises(ValueError, match="backend argument is 'fast'"):
         selective_scan_fn(*args, backend="fast")
@@ -179,6 +179,7 @@ def test_resolve_backend_auto_and_unavailable_kernel(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert resolve_backend("selective_scan", on_cuda=False) == "torch"
     monkeypatch.setattr(backends, "cuda_kernel", lambda op: (None, "mamba-ssm not usable (test)"))
+    monkeypatch.setattr(backends, "triton_scan", lambda: (None, "triton not usable (test)"))
     assert resolve_backend("selective_scan", on_cuda=True) == "torch"
     with pytest.raises(RuntimeError, match=r"unavailable: mamba-ssm not usable \(test\)"):
         resolve_backend("selective_scan", on_cuda=True, backend="cuda")
