@@ -28,7 +28,6 @@ from mambamim.infer.memory import (
     format_bytes,
 )
 from mambamim.infer.package import LoadedPackage, load_package
-from mambamim.infer.postprocess import keep_largest_component
 from mambamim.infer.preprocess import from_model_space, to_model_space
 from mambamim.infer.progress import CancelToken, ProgressCallback, ProgressEvent, ProgressTracker
 from mambamim.infer.sliding_window import sliding_window_logits
@@ -186,6 +185,8 @@ def segment_image(
     t = time.perf_counter()
     tracker.update("postprocess", 0.0, "post-processing")
     if keep_largest:
+        from mambamim.infer.postprocess import keep_largest_component  # SciPy, only when asked for
+
         labels = keep_largest_component(labels, [label["value"] for label in card["labels"]])
     label_image = from_model_space(labels, ref, is_label=True)
     timings["postprocess"] = time.perf_counter() - t
