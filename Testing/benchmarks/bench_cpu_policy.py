@@ -46,8 +46,12 @@ def run_model(package_path: Path, image, reference, spacing: float, policies) ->
     package = LoadedPackage(model=loaded.model, card=card, path=loaded.path)
     runs, labels = {}, {}
     for policy in policies:
+        def progress(event, policy=policy) -> None:
+            if event.message.startswith("window") or event.message.startswith("windows"):
+                print(f"  {package_path.name} {policy}: {event.message}", file=sys.stderr, flush=True)
+
         t = time.perf_counter()
-        result = segment_image(image, package, device="cpu", window_policy=policy)
+        result = segment_image(image, package, device="cpu", window_policy=policy, progress=progress)
         wall = time.perf_counter() - t
         labels[policy] = result.labels
         runs[policy] = {
