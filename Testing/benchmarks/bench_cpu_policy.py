@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -66,7 +67,7 @@ def run_model(package_path: Path, image, reference, spacing: float, policies) ->
             },
         }
         print(f"  {package_path.name} {policy:<5} {wall:8.1f} s  {result.windows}", file=sys.stderr)
-    out = {"package": str(package_path), "card_version": card.get("version"), "runs": runs}
+    out = {"package": os.path.relpath(package_path, ROOT), "card_version": card.get("version"), "runs": runs}
     if "card" in labels and "large" in labels:
         rows = compare_label_maps(labels["large"], labels["card"], card["labels"], hd95=False)
         found = [r for r in rows if r["ref_voxels"] > 0]  # organs the default (card) path finds
@@ -121,7 +122,7 @@ def main() -> int:
             "machine": platform.machine(),
             "cpu_threads": torch.get_num_threads(),
             "spacing_mm": args.spacing,
-            "input": str(args.input),
+            "input": os.path.relpath(args.input, ROOT),  # no absolute paths of this machine in the JSON
             "threshold": AGREEMENT_THRESHOLD,
         }
         args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
