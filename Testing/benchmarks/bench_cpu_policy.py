@@ -48,7 +48,7 @@ def run_model(package_path: Path, image, reference, spacing: float, policies) ->
     runs, labels = {}, {}
     for policy in policies:
         def progress(event, policy=policy) -> None:
-            if event.message.startswith("window") or event.message.startswith("windows"):
+            if event.message.startswith(("window", "sliding")):
                 print(f"  {package_path.name} {policy}: {event.message}", file=sys.stderr, flush=True)
 
         t = time.perf_counter()

@@ -149,7 +149,9 @@ def segment_image(
     )
     roi = list(plan.roi)
     run_overlap = plan.overlap if overlap is None else float(overlap)
-    tracker.update("inference", 0.0, f"windows {roi} at overlap {run_overlap} ({plan.policy}: {plan.reason})")
+    # not "window ...": that prefix is the per-window progress message that GUIs parse
+    layout = f"sliding {roi} windows at overlap {run_overlap} ({plan.policy}: {plan.reason})"
+    tracker.update("inference", 0.0, layout)
     batch, stitch_device, estimate = _plan_memory(
         network, array.shape, roi, num_classes, sw_device, batch, note, per_voxel
     )
