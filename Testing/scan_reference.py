@@ -53,3 +53,30 @@ def make_inputs(b, d, L, n, groups_B=0, groups_C=0, delta_max=10.0, dtype=torch.
         "z": leaf(torch.randn(b, d, L)),
         "delta_bias": leaf(torch.randn(d)),
     }
+
+
+def assert_matches_reference(scan, case, delta_max: float = 10.0) -> None:
+    """``scan`` (selective_scan_torch's signature plus ``chunk_size``) against :func:`reference_scan` in
+    float64: forward, last state and the gradient of every input. ``case``: (b, d, L, n, groups_B,
+    groups_C, use_z, use_D, use_bias, softplus, chunk)."""
+    b, d, L, n, groups_B, groups_C, use_z, use_D, use_bias, softplus, chunk = case
+    inputs = make_inputs(b, d, L, n, groups_B, groups_C, delta_max=delta_max)
+    optional = {
+        "D": inputs["D"] if use_D else None,
+        "z": inputs["z"] if use_z else None,
+        "delta_bias": inputs["delta_bias"] if use_bias else None,
+    }
+    core = [inputs[k] for k in ("u", "delta", "A", "B", "C")]
+    out, last = scan(*core, **optional, delta_softplus=softplus, return_last_state=True, chunk_size=chunk)
+    ref_out, ref_last = reference_scan(*core, **optional, delta_softplus=softplus)
+    assert out.shape == (b, d, L) and last.shape == (b, d, n)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=1e-10)
+
+    leaves = core + [t for t in optional.values() if t is not None]
+    grad_out, grad_last = torch.randn_like(out), torch.randn_like(last)
+    ours = torch.autograd.grad((out * grad_out).sum() + (last * grad_last).sum(), leaves)
+    ref = torch.autograd.grad((ref_out * grad_out).sum() + (ref_last * grad_last).sum(), leaves)
+    for got, want in zip(ours, ref):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

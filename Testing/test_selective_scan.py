@@ -6,7 +6,7 @@ import pytest
 import torch
 from mambamim.ops import ENV_VAR, backend_report, selective_scan_fn, selective_scan_torch
 from mambamim.ops.backends import requested_backend, resolve_backend
-from scan_reference import make_inputs, reference_scan
+from scan_reference import assert_matches_reference, make_inputs, reference_scan
 
 CASES = [
     # b, d, L, n, groups_B, groups_C, use_z, use_D, use_bias, softplus, chunk
@@ -25,27 +25,8 @@ CASES = [
 def test_forward_and_every_gradient_match_reference(
     b, d, L, n, groups_B, groups_C, use_z, use_D, use_bias, softplus, chunk
 ):
-    inputs = make_inputs(b, d, L, n, groups_B, groups_C)
-    optional = {
-        "D": inputs["D"] if use_D else None,
-        "z": inputs["z"] if use_z else None,
-        "delta_bias": inputs["delta_bias"] if use_bias else None,
-    }
-    core = [inputs[k] for k in ("u", "delta", "A", "B", "C")]
-    out, last = selective_scan_torch(
-        *core, **optional, delta_softplus=softplus, return_last_state=True, chunk_size=chunk
-    )
-    ref_out, ref_last = reference_scan(*core, **optional, delta_softplus=softplus)
-    assert out.shape == (b, d, L) and last.shape == (b, d, n)
-    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=1e-10)
-
-    leaves = core + [t for t in optional.values() if t is not None]
-    grad_out, grad_last = torch.randn_like(out), torch.randn_like(last)
-    ours = torch.autograd.grad((out * grad_out).sum() + (last * grad_last).sum(), leaves)
-    ref = torch.autograd.grad((ref_out * grad_out).sum() + (ref_last * grad_last).sum(), leaves)
-    for got, want in zip(ours, ref):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    case = (b, d, L, n, groups_B, groups_C, use_z, use_D, use_bias, softplus, chunk)
+    assert_matches_reference(selective_scan_torch, case)
 
 
 def test_public_function_defaults_to_torch_on_cpu():

@@ -23,7 +23,7 @@ pytest.importorskip("triton")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/: the shared float64 reference
 from mambamim.ops import selective_scan_fn
 from mambamim.ops.selective_scan_triton import selective_scan_triton
-from test_selective_scan import make_inputs, reference_scan
+from scan_reference import assert_matches_reference, make_inputs, reference_scan
 
 CASES = [
     # b, d, L, n, groups_B, groups_C, use_z, use_D, use_bias, softplus, chunk
@@ -40,28 +40,8 @@ def test_forward_and_every_gradient_match_reference(
     b, d, L, n, groups_B, groups_C, use_z, use_D, use_bias, softplus, chunk
 ):
     torch.manual_seed(b * 1000 + d * 100 + L)
-    inputs = make_inputs(b, d, L, n, groups_B, groups_C, delta_max=2.0)
-    optional = {
-        "D": inputs["D"] if use_D else None,
-        "z": inputs["z"] if use_z else None,
-        "delta_bias": inputs["delta_bias"] if use_bias else None,
-    }
-    core = [inputs[k] for k in ("u", "delta", "A", "B", "C")]
-    out, last = selective_scan_triton(
-        *core, **optional, delta_softplus=softplus, return_last_state=True, chunk_size=chunk
-    )
-    ref_out, ref_last = reference_scan(*core, **optional, delta_softplus=softplus)
-    assert out.shape == (b, d, L) and last.shape == (b, d, n)
-    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=1e-10)
-
-    leaves = core + [t for t in optional.values() if t is not None]
-    grad_out, grad_last = torch.randn_like(out), torch.randn_like(last)
-    ours = torch.autograd.grad((out * grad_out).sum() + (last * grad_last).sum(), leaves)
-    ref = torch.autograd.grad((ref_out * grad_out).sum() + (ref_last * grad_last).sum(), leaves)
-    for got, want in zip(ours, ref):
-        assert got.shape == want.shape
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    case = (b, d, L, n, groups_B, groups_C, use_z, use_D, use_bias, softplus, chunk)
+    assert_matches_reference(selective_scan_triton, case, delta_max=2.0)
 
 
 def test_float32_with_large_steps_is_finite_and_accurate():
