@@ -14,7 +14,7 @@ VENV312 ?= .venv312
 # Mesa's software driver; installed when missing (Debian packages, as root).
 EGL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
 
-.PHONY: venv venv312 egl demo test test312 lint bench clean web-venv web test-web chromium
+.PHONY: venv venv312 egl demo test test312 lint bench clean web-venv web test-web chromium gpu-wheels gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,25 @@ test-web: web-venv chromium
 
 lint: venv
 	$(BIN)/ruff check Training Testing MambaMIMSegmenter MambaMIMSegmenterWeb
+
+# GPU check (Testing/gpu/check.sh). `make gpu-wheels` here, then carry .whl/ to the GPU machine (which has
+# CUDA torch and Triton but reaches no package index) and run `make gpu-check` there; GPU_CHECK_DIR sets the
+# report folder. The wheels are the versions of this venv, for the GPU machine's Python (GPU_PYTHON);
+# numpy and scipy come with CUDA PyTorch images (add them to GPU_WHEELS if not). About 60 MB.
+GPU_PYTHON ?= 3.12
+GPU_WHEELS ?= monai einops safetensors psutil tqdm nibabel pydicom SimpleITK packaging
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+gpu-wheels: venv
+	rm -rf .whl/wheels .whl/site && mkdir -p .whl/wheels .whl/sample
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		$(addprefix --platform ,$(GPU_PLATFORMS)) -d .whl/wheels \
+		$$($(BIN)/python -c "import importlib.metadata as m, sys; \
+			print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" $(GPU_WHEELS))
+	cp $(SAMPLE)/ct.nii.gz .whl/sample/ct.nii.gz
+	du -sh .whl
+
+gpu-check:
+	bash Testing/gpu/check.sh
 
 clean:
 	rm -rf $(VENV) $(VENV312) $(WEB_VENV) .pytest_cache .ruff_cache

@@ -48,7 +48,7 @@ def test_text_output_explains_forced_backend(capsys, monkeypatch):
 def test_invalid_backend_setting_is_reported_not_crashing(capsys, monkeypatch):
     monkeypatch.setenv(ENV_VAR, "gpu")
     code, out = run_info([], capsys)
-    assert code == 0 and "valid values: auto, cuda, torch" in out
+    assert code == 0 and "valid values: auto, cuda, triton, torch" in out
 
 
 def test_registered_in_the_cli(capsys):

@@ -4,56 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from mambamim.ops import ENV_VAR, backend_report, selective_scan_fn, selective_scan_torch
 from mambamim.ops.backends import requested_backend, resolve_backend
-
-
-def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The recurrence of Mamba's Algorithm 2 written one time step at a time in float64."""
-    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.double()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    b, d, L = u.shape
-    B = B.unsqueeze(1) if B.dim() == 3 else B
-    C = C.unsqueeze(1) if C.dim() == 3 else C
-    B = B.repeat_interleave(d // B.shape[1], dim=1)  # (b, d, n, L)
-    C = C.repeat_interleave(d // C.shape[1], dim=1)
-    h = u.new_zeros(b, d, A.shape[1])
-    ys = []
-    for t in range(L):
-        h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * B[..., t] * u[:, :, t, None]
-        ys.append((h * C[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + u * D.double()[:, None]
-    if z is not None:
-        y = y * F.silu(z.double())
-    return y, h
-
-
-def make_inputs(b, d, L, n, groups_B=0, groups_C=0, delta_max=10.0, dtype=torch.float64, requires_grad=True):
-    """Random inputs; groups 0 = B/C shared by all channels (b, n, L). A spans (-16, 0)."""
-
-    def leaf(t):
-        return t.to(dtype).requires_grad_(requires_grad)
-
-    def bc(groups):
-        return torch.randn(b, n, L) if groups == 0 else torch.randn(b, groups, n, L)
-
-    return {
-        "u": leaf(torch.randn(b, d, L)),
-        "delta": leaf(torch.rand(b, d, L) * delta_max),
-        "A": leaf(-torch.rand(d, n) * 16 - 1e-3),
-        "B": leaf(bc(groups_B)),
-        "C": leaf(bc(groups_C)),
-        "D": leaf(torch.randn(d)),
-        "z": leaf(torch.randn(b, d, L)),
-        "delta_bias": leaf(torch.randn(d)),
-    }
-
+from scan_reference import assert_matches_reference, make_inputs, reference_scan
 
 CASES = [
     # b, d, L, n, groups_B, groups_C, use_z, use_D, use_bias, softplus, chunk
@@ -72,27 +25,8 @@ CASES = [
 def test_forward_and_every_gradient_match_reference(
     b, d, L, n, groups_B, groups_C, use_z, use_D, use_bias, softplus, chunk
 ):
-    inputs = make_inputs(b, d, L, n, groups_B, groups_C)
-    optional = {
-        "D": inputs["D"] if use_D else None,
-        "z": inputs["z"] if use_z else None,
-        "delta_bias": inputs["delta_bias"] if use_bias else None,
-    }
-    core = [inputs[k] for k in ("u", "delta", "A", "B", "C")]
-    out, last = selective_scan_torch(
-        *core, **optional, delta_softplus=softplus, return_last_state=True, chunk_size=chunk
-    )
-    ref_out, ref_last = reference_scan(*core, **optional, delta_softplus=softplus)
-    assert out.shape == (b, d, L) and last.shape == (b, d, n)
-    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=1e-10)
-
-    leaves = core + [t for t in optional.values() if t is not None]
-    grad_out, grad_last = torch.randn_like(out), torch.randn_like(last)
-    ours = torch.autograd.grad((out * grad_out).sum() + (last * grad_last).sum(), leaves)
-    ref = torch.autograd.grad((ref_out * grad_out).sum() + (ref_last * grad_last).sum(), leaves)
-    for got, want in zip(ours, ref):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    case = (b, d, L, n, groups_B, groups_C, use_z, use_D, use_bias, softplus, chunk)
+    assert_matches_reference(selective_scan_torch, case)
 
 
 def test_public_function_defaults_to_torch_on_cpu():
@@ -164,8 +98,8 @@ def test_backends_forced_and_errors(monkeypatch):
     with pytest.raises(RuntimeError, match="'cuda' was requested"):
         selective_scan_fn(*args)
     assert selective_scan_fn(*args, backend="auto").shape == (1, 2, 3)  # argument beats the variable
-    monkeypatch.setenv(ENV_VAR, "triton")
-    with pytest.raises(ValueError, match=f"{ENV_VAR} is 'triton'"):
+    monkeypatch.setenv(ENV_VAR, "cudnn")
+    with pytest.raises(ValueError, match=f"{ENV_VAR} is 'cudnn'"):
         selective_scan_fn(*args)
     with pytest.raises(ValueError, match="backend argument is 'fast'"):
         selective_scan_fn(*args, backend="fast")
@@ -179,6 +113,7 @@ def test_resolve_backend_auto_and_unavailable_kernel(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert resolve_backend("selective_scan", on_cuda=False) == "torch"
     monkeypatch.setattr(backends, "cuda_kernel", lambda op: (None, "mamba-ssm not usable (test)"))
+    monkeypatch.setattr(backends, "triton_scan", lambda: (None, "triton not usable (test)"))
     assert resolve_backend("selective_scan", on_cuda=True) == "torch"
     with pytest.raises(RuntimeError, match=r"unavailable: mamba-ssm not usable \(test\)"):
         resolve_backend("selective_scan", on_cuda=True, backend="cuda")

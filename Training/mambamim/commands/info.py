@@ -12,6 +12,7 @@ HELP = "Print versions, devices and the active selective-scan / conv1d backends.
 OPTIONAL_PACKAGES = (
     "mamba-ssm",
     "causal-conv1d",
+    "triton",
     "safetensors",
     "SimpleITK",
     "nibabel",

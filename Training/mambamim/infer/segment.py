@@ -29,10 +29,10 @@ from mambamim.infer.memory import (
     format_bytes,
 )
 from mambamim.infer.package import LoadedPackage, load_package
-from mambamim.infer.postprocess import keep_largest_component
 from mambamim.infer.preprocess import from_model_space, to_model_space
 from mambamim.infer.progress import CancelToken, ProgressCallback, ProgressEvent, ProgressTracker
 from mambamim.infer.sliding_window import sliding_window_logits
+from mambamim.infer.window_policy import plan_windows, window_count
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class SegmentResult:
     notes: list[str] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     memory_estimate: dict[str, int] = field(default_factory=dict)  # bytes per device, before the run
+    windows: dict[str, Any] = field(default_factory=dict)  # policy, roi, overlap, count of the run
     output: Optional[Path] = None
 
 
@@ -95,6 +96,7 @@ def segment_image(
     allow_label_map: bool = False,
     allow_other_modality: bool = False,
     allow_small: bool = False,
+    window_policy: str = "auto",
     source: str = "the input volume",
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
@@ -104,6 +106,8 @@ def segment_image(
     Before any work, label maps, another modality than the card's and volumes too small to segment are
     refused (:func:`mambamim.infer.input_checks.check_segmentation_input`; ``modality`` declares the
     input's modality, each ``allow_*`` turns one check off). ``source`` names the image in messages.
+    ``window_policy``: see :mod:`mambamim.infer.window_policy` (an explicit ``overlap`` overrides the
+    policy's).
     """
     t_start = time.perf_counter()
     card = package.card
@@ -126,11 +130,10 @@ def segment_image(
         tracker.update("inference", 0.0, message)
 
     spacing = np.asarray(card["input"]["spacing"], dtype=float)
-    run_overlap = float(card["input"]["overlap"] if overlap is None else overlap)
+    run_overlap = float(card["input"]["overlap"])
     if fast:
         spacing = spacing * FAST_SPACING_FACTOR
         run_overlap = min(run_overlap, FAST_OVERLAP)
-    roi = [int(r) for r in card["input"]["roi_size"]]
     sw_device = resolve_device(device)
     timings: dict[str, float] = {}
 
@@ -145,8 +148,25 @@ def segment_image(
     network = package.model.to(sw_device).eval()
     num_classes = max(label["value"] for label in card["labels"]) + 1
     batch = int(sw_batch_size or DEFAULT_SW_BATCH[sw_device.type])
+    card_roi = [int(r) for r in card["input"]["roi_size"]]
+    per_voxel = activation_bytes_per_voxel(network, 1, card_roi)  # one probe pass, reused below
+    plan = plan_windows(
+        network,
+        array.shape,
+        card_roi,
+        run_overlap,
+        policy=window_policy,
+        device_type=sw_device.type,
+        activation_per_voxel=per_voxel,
+        free_bytes=available_bytes(sw_device),
+    )
+    roi = list(plan.roi)
+    run_overlap = plan.overlap if overlap is None else float(overlap)
+    # not "window ...": that prefix is the per-window progress message that GUIs parse
+    layout = f"sliding {roi} windows at overlap {run_overlap} ({plan.policy}: {plan.reason})"
+    tracker.update("inference", 0.0, layout)
     batch, stitch_device, estimate = _plan_memory(
-        network, array.shape, roi, num_classes, sw_device, batch, note
+        network, array.shape, roi, num_classes, sw_device, batch, note, per_voxel
     )
     needs = ", ".join(
         f"{format_bytes(estimate.needed_on(d))} on {d}" for d in sorted({sw_device.type, "cpu"})
@@ -180,6 +200,8 @@ def segment_image(
     t = time.perf_counter()
     tracker.update("postprocess", 0.0, "post-processing")
     if keep_largest:
+        from mambamim.infer.postprocess import keep_largest_component  # SciPy, only when asked for
+
         labels = keep_largest_component(labels, [label["value"] for label in card["labels"]])
     label_image = from_model_space(labels, ref, is_label=True)
     timings["postprocess"] = time.perf_counter() - t
@@ -194,6 +216,12 @@ def segment_image(
         model_shape=tuple(ref.model_size),
         notes=notes,
         memory_estimate={d: estimate.needed_on(d) for d in {estimate.network_device, estimate.stitch_device}},
+        windows={
+            "policy": plan.policy,
+            "roi": roi,
+            "overlap": run_overlap,
+            "count": window_count(ref.model_size, roi, run_overlap),
+        },
     )
 
 
@@ -269,13 +297,12 @@ def _plan_memory(
     sw_device: torch.device,
     batch: int,
     note: Callable[[str], None],
+    per_voxel: float,
 ) -> tuple[int, torch.device, MemoryEstimate]:
     """Choose the window batch and stitching device that fit (with their estimate), or refuse with advice.
 
     Same order as the run-time fallback: a smaller window batch first, then stitching on the CPU.
     """
-    per_voxel = activation_bytes_per_voxel(network, 1, roi)  # one probe pass, reused below
-
     def estimate(b: int, stitch: torch.device) -> MemoryEstimate:
         return estimate_memory(
             network,

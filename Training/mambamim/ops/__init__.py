@@ -1,7 +1,7 @@
-"""Sequence operators of the Mamba block with interchangeable CUDA-kernel and pure-PyTorch backends.
+"""Sequence operators of the Mamba block with interchangeable CUDA-kernel, Triton and pure-PyTorch backends.
 
 ``selective_scan_fn`` and ``causal_conv1d_fn`` take mamba-ssm's / causal-conv1d's arguments plus a
-keyword ``backend`` ("auto" | "cuda" | "torch", default from ``MAMBAMIM_SCAN_BACKEND``);
+keyword ``backend`` ("auto" | "cuda" | "triton" | "torch", default from ``MAMBAMIM_SCAN_BACKEND``);
 ``backend_report()`` says what runs where and why.
 """
 

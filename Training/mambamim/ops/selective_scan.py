@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from mambamim.ops.backends import cuda_kernel, resolve_backend
+from mambamim.ops.backends import cuda_kernel, resolve_backend, triton_scan
 
 ScanOutput = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
@@ -243,13 +243,18 @@ def selective_scan_fn(
             or (batch, groups, d_state, L) per channel group. D, delta_bias: (d,).
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state (batch, d, d_state).
-        backend: "auto" | "cuda" | "torch"; default from ``MAMBAMIM_SCAN_BACKEND`` (else "auto").
+        backend: "auto" | "cuda" | "triton" | "torch"; default from ``MAMBAMIM_SCAN_BACKEND``
+            (else "auto"; see :mod:`mambamim.ops.backends`).
 
     Returns:
         out (batch, d, L) in u's dtype, and the last state when ``return_last_state``.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if resolve_backend("selective_scan", u.is_cuda, backend) == "cuda":
+    chosen = resolve_backend("selective_scan", u.is_cuda, backend)
+    if chosen == "cuda":
         kernel, _ = cuda_kernel("selective_scan")
+        return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if chosen == "triton":
+        kernel, _ = triton_scan()
         return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
