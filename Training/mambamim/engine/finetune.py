@@ -53,7 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU smoke runs: a tiny HyMamba on 32³ crops at 3 mm.
     "tiny": {
         "model": {
-            "channels": [8, 16, 16, 24, 32], "blocks": [1, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
+            "channels": [8, 16, 16, 24, 32], "blocks": [0, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
             "mamba_depth": 1, "d_state": 4,
         },
         "roi": 32, "num_samples": 2, "batch": 2, "epochs": 2, "lr": 2e-3, "spacing": [3.0, 3.0, 3.0],
