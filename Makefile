@@ -12,9 +12,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# Naming the installed torch as a requirement keeps pip from replacing it: dynamic-network-architectures
+# needs timm -> torchvision, whose newest release would pull the newest (CUDA) torch.
 venv: $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test]" "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__)')"
 
 # The main job: segment the sample CT with the built-in demo package on the CPU, print per-organ Dice.
 SAMPLE ?= ../shared/data/ct_abdomen
