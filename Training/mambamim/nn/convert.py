@@ -52,14 +52,18 @@ class Conversion:
     missing: list[str] = field(default_factory=list)  # our parameters the checkpoint does not provide
 
     def summary(self) -> str:
-        lines = [f"{self.kind}: {len(self.state)} tensors converted for {self.model} {json.dumps(self.config)}"]
+        lines = [
+            f"{self.kind}: {len(self.state)} tensors converted for {self.model} {json.dumps(self.config)}"
+        ]
         reasons: dict[str, list[str]] = {}
         for key, reason in self.dropped.items():
             reasons.setdefault(reason, []).append(key)
         for reason, keys in reasons.items():
             lines.append(f"dropped {len(keys)} ({reason}): {_listing(keys)}")
         if self.unmapped:
-            lines.append(f"UNMAPPED {len(self.unmapped)} (no counterpart in our network): {_listing(self.unmapped)}")
+            lines.append(
+                f"UNMAPPED {len(self.unmapped)} (no counterpart in our network): {_listing(self.unmapped)}"
+            )
         if self.missing:
             lines.append(f"not in the checkpoint {len(self.missing)} (left at their initial values): "
                          f"{_listing(self.missing)}")  # fmt: skip
@@ -91,7 +95,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip / EOF errors have no common base
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"checkpoint {path} is corrupt or not a weights-only torch file ({reason})") from None
+        raise ConversionError(
+            f"checkpoint {path} is corrupt or not a weights-only torch file ({reason})"
+        ) from None
 
 
 def _tensors(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -168,7 +174,14 @@ def _hymamba_encoder_config(state: Mapping[str, torch.Tensor], prefix: str) -> d
         blocks.append(len(indices))
         conv2 = state.get(f"{prefix}embeddings.layer{level}.0.conv2.weight")
         expansion.append(int(conv2.shape[0]) // channels[level - 1] if conv2 is not None else 2)
-    first_dw = next((v for k, v in state.items() if re.fullmatch(re.escape(prefix) + r"embeddings\.layer\d\.0\.conv1\.weight", k)), None)  # noqa: E501
+    first_dw = next(
+        (
+            v
+            for k, v in state.items()
+            if re.fullmatch(re.escape(prefix) + r"embeddings\.layer\d\.0\.conv1\.weight", k)
+        ),
+        None,
+    )
     depth = len({k.split(".")[2 + prefix.count(".")] for k in state if k.startswith(prefix + "mae.blocks.")})
     in_proj = get("mae.blocks.0.mamba.in_proj.weight")
     return {
@@ -193,7 +206,7 @@ def _map_hymamba_encoder(
     for key, value in state.items():
         if not key.startswith(prefix + ("embeddings.", "mae.")[key.startswith(prefix + "mae.")]):
             continue
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if _BACKWARD.search(name):
             dropped[key] = "backward-scan parameters their forward never uses"
             continue
@@ -274,7 +287,9 @@ def _convert_mambamim_pretraining(state: dict[str, torch.Tensor]) -> Conversion:
         match = re.fullmatch(r"densify_projs\.(\d+)\.(\w+)", key)
         if match:
             k = int(match[1])
-            out[f"decoder.bottom_proj.{match[2]}" if k == 0 else f"decoder.proj.{levels - k}.{match[2]}"] = value
+            out[f"decoder.bottom_proj.{match[2]}" if k == 0 else f"decoder.proj.{levels - k}.{match[2]}"] = (
+                value
+            )
             continue
         match = re.fullmatch(r"mask_tokens\.(\d+)", key)
         if match:
@@ -295,7 +310,7 @@ def _convert_mambamim_pretraining(state: dict[str, torch.Tensor]) -> Conversion:
                       dropped, unmapped)  # fmt: skip
 
 
-def convert_mambamim(obj: Any, where: str = "checkpoint") -> Conversion:
+def convert_mambamim(obj: Any, where: str = "checkpoint", model: str | None = None) -> Conversion:
     """Convert any of the three MambaMIM files (see the module docstring) to our names."""
     if isinstance(obj, Mapping) and isinstance(obj.get("module"), Mapping):
         state = _tensors(obj["module"], f"{where}['module']")
@@ -306,7 +321,9 @@ def convert_mambamim(obj: Any, where: str = "checkpoint") -> Conversion:
     if any(k.startswith("sparse_encoder.") for k in state):
         return _convert_mambamim_pretraining(state)
     if not any(k.startswith("embeddings.") for k in state):
-        raise ConversionError(f"{where} has no embeddings.* / sparse_encoder.* keys: not a MambaMIM checkpoint")
+        raise ConversionError(
+            f"{where} has no embeddings.* / sparse_encoder.* keys: not a MambaMIM checkpoint"
+        )
     if any(k.startswith("decoder.") for k in state):
         return _convert_hymamba(state, "fine-tuned HyMamba (Hybird)")
     return _convert_hymamba(state, "MambaMIM pre-trained encoder (timm style)")
@@ -316,18 +333,21 @@ def convert_mambamim(obj: Any, where: str = "checkpoint") -> Conversion:
 # Taming Mambas (nnU-Net checkpoints)
 
 
-def convert_taming(obj: Any, where: str = "checkpoint") -> Conversion:
-    """Convert an nnU-Net checkpoint (or a bare ``network_weights`` dict) of a Taming Mambas network."""
+def convert_taming(obj: Any, where: str = "checkpoint", model: str | None = None) -> Conversion:
+    """Convert an nnU-Net checkpoint (or a bare ``network_weights`` dict) of a Taming Mambas network;
+    ``model`` names the variant where the weights cannot (SegMambaSkip has BiSegMamba's parameters)."""
     from mambamim.nn.taming.convert import convert_taming_state
 
+    trainer = ""
     if isinstance(obj, Mapping) and isinstance(obj.get("network_weights"), Mapping):
         state = _tensors(obj["network_weights"], f"{where}['network_weights']")
+        trainer = str(obj.get("trainer_name", ""))
     else:
         state = _tensors(obj, where)
-    return convert_taming_state(state)
+    return convert_taming_state(state, trainer, model)
 
 
-CONVERTERS: dict[str, Callable[[Any, str], Conversion]] = {
+CONVERTERS: dict[str, Callable[..., Conversion]] = {
     "mambamim": convert_mambamim,
     "taming-nnunet": convert_taming,
 }
@@ -374,6 +394,7 @@ def convert_checkpoint(
     source: str,
     out: str | Path | None = None,
     model_config: Mapping[str, Any] | None = None,
+    model: str | None = None,
 ) -> Conversion:
     """Read an authors' checkpoint, map it onto our names, check it fits our network, and optionally
     write ``out`` (safetensors, with the model name and configuration in its metadata).
@@ -383,17 +404,20 @@ def convert_checkpoint(
         source: one of :data:`SOURCES`.
         out: where to write the converted weights (``None``: do not write).
         model_config: constructor arguments to check against instead of those inferred from the shapes.
+        model: the variant, where the weights cannot tell (``segmambaskip`` vs ``bisegmamba``).
     """
     if source not in CONVERTERS:
         raise ConversionError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
     path = Path(path)
-    conversion = CONVERTERS[source](read_checkpoint(path), str(path))
+    conversion = CONVERTERS[source](read_checkpoint(path), str(path), model)
     if model_config:
         conversion.config = {**conversion.config, **dict(model_config)}
     try:
         model = build_for(conversion)
     except (TypeError, ValueError) as exc:
-        raise ConversionError(f"{path}: cannot build {conversion.model} with {conversion.config}: {exc}") from None
+        raise ConversionError(
+            f"{path}: cannot build {conversion.model} with {conversion.config}: {exc}"
+        ) from None
     check_fit(conversion, model, str(path))
     if out is not None:
         save_converted(conversion, out)
@@ -406,6 +430,10 @@ def save_converted(conversion: Conversion, out: str | Path) -> Path:
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": CONVERTED_FORMAT, "model": conversion.model, "config": json.dumps(conversion.config)}
+    metadata = {
+        "format": CONVERTED_FORMAT,
+        "model": conversion.model,
+        "config": json.dumps(conversion.config),
+    }
     save_file({k: v.contiguous() for k, v in conversion.state.items()}, str(out), metadata=metadata)
     return out
