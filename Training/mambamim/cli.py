@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("info", "pretrain", "finetune", "evaluate", "package", "segment", "reconstruct")
+COMMANDS = ("info", "pretrain", "finetune", "evaluate", "package", "segment", "reconstruct", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

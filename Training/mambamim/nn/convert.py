@@ -21,6 +21,7 @@ in the error. Keys that no rule maps are reported, never silently lost.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -92,7 +93,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         except Exception as exc:  # safetensors raises several unrelated types
             raise ConversionError(f"checkpoint {path} is not a readable safetensors file ({exc})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # Their pre-training stores its argparse.Namespace next to the weights: allowed as a plain attribute
+        # container; everything inside it still passes the weights-only unpickler's checks.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip / EOF errors have no common base
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError(

@@ -149,6 +149,8 @@ class TamingUNet(nn.Module):
         mamba_in_skips: see :class:`TamingEncoder`.
     """
 
+    size_multiple: int = 16  # of the default strides; instances hold their own
+
     def __init__(
         self,
         in_channels: int,
