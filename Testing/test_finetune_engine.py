@@ -119,6 +119,12 @@ def test_deep_supervision_outputs_are_all_scored():
     label = torch.randint(0, 3, (2, 1, 16, 16, 16)).float()
     perfect = torch.nn.functional.one_hot(label[:, 0].long(), 3).permute(0, 4, 1, 2, 3).float() * 20
     coarse_wrong = torch.zeros(2, 3, 8, 8, 8)
+    coarsest_wrong = torch.zeros(2, 3, 4, 4, 4)
+    coarsest_right = torch.nn.functional.interpolate(perfect, size=(4, 4, 4))
     single = supervision_loss(loss_fn, perfect, label)
-    deep = supervision_loss(loss_fn, [perfect, coarse_wrong], label)
-    assert deep > single  # the low-resolution head counts
+    deep = supervision_loss(loss_fn, [perfect, coarse_wrong, coarsest_wrong], label)
+    assert deep > single  # the intermediate head counts
+    # nnU-Net's weights: the lowest resolution at 0, the others 1, 1/2, ... normalised
+    same = supervision_loss(loss_fn, [perfect, coarse_wrong, coarsest_right], label)
+    assert float(same) == pytest.approx(float(deep))
+    assert float(supervision_loss(loss_fn, [perfect, coarsest_wrong], label)) == pytest.approx(float(single))

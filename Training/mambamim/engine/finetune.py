@@ -207,10 +207,13 @@ def load_pretrained(model: nn.Module, path: Path, report) -> None:
 
 
 def supervision_loss(loss_fn: nn.Module, output: Any, label: torch.Tensor) -> torch.Tensor:
-    """Dice+CE; deep-supervision outputs (a list, finest first) are weighted 1, 1/2, 1/4... (normalised)."""
+    """Dice+CE; deep-supervision outputs (a list, finest first) are weighted 1, 1/2, 1/4... with the lowest
+    resolution at 0, then normalised (nnU-Net's ``DeepSupervisionWrapper`` weights)."""
     if torch.is_tensor(output):
         return loss_fn(output, label)
     weights = [0.5**i for i in range(len(output))]
+    if len(weights) > 1:
+        weights[-1] = 0.0
     total = 0.0
     for weight, logits in zip(weights, output):
         target = label if logits.shape[2:] == label.shape[2:] else F.interpolate(label, logits.shape[2:])
