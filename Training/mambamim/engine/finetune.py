@@ -193,16 +193,19 @@ def load_pretrained(model: nn.Module, path: Path, report) -> None:
     """Load what fits, print matched / missing / unexpected; no matched encoder key is an error."""
     from mambamim.nn.state_dict import load_partial_state_dict
 
-    result = load_partial_state_dict(model, read_weights(path))
+    weights = read_weights(path)
+    result = load_partial_state_dict(model, weights)
     report(f"--pretrained {path}: {result.summary()}")
     has_encoder = any(k.startswith("encoder.") for k in model.state_dict())
     matched = [k for k in result.matched if k.startswith("encoder.")] if has_encoder else result.matched
     if not matched:
         what = "encoder keys (encoder.*)" if has_encoder else "keys"
+        authors = any(k.startswith(("embeddings.", "sparse_encoder.", "mae.")) for k in weights)
+        hint = "; it holds the MambaMIM authors' names: convert it first (mambamim convert --from mambamim)"
         raise ValueError(
             f"--pretrained {path}: no {what} match this model; is it a MambaMIM encoder for this "
             f"architecture and size? ({len(result.unexpected)} unexpected, "
-            f"{len(result.shape_mismatched)} shape-mismatched)"
+            f"{len(result.shape_mismatched)} shape-mismatched){hint if authors else ''}"
         )
 
 

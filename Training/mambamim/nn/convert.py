@@ -208,7 +208,7 @@ def _map_hymamba_encoder(
     from mambamim.nn.vision_mamba import sincos_position_embedding_3d
 
     for key, value in state.items():
-        if not key.startswith(prefix + ("embeddings.", "mae.")[key.startswith(prefix + "mae.")]):
+        if not key.startswith((prefix + "embeddings.", prefix + "mae.")):
             continue
         name = key[len(prefix) :]
         if _BACKWARD.search(name):
