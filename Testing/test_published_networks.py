@@ -151,6 +151,9 @@ def test_mambamim_pretraining_files_convert_and_fine_tuning_loads_the_encoder(tm
     assert max_diff(features[-1], data["activation.bottleneck"]) < TOLERANCE
     assert max_diff(features[3], data["activation.skip4"]) < TOLERANCE
 
+    with pytest.raises(ValueError, match="mambamim convert --from mambamim"):
+        load_pretrained(build_model("hymamba", **conversion.config, out_channels=5), timm_style, print)
+
     # 2. the whole pre-training model (*_withdecoder_ct_pretrained.pth), with optimizer and argparse args
     module = _pretraining_module(encoder)
     with_decoder = tmp_path / "tiny_withdecoder_ct_pretrained.pth"
