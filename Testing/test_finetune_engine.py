@@ -46,7 +46,7 @@ def test_finetuning_raises_validation_dice_and_writes_a_package(tmp_path, liver_
 
     # 6 mm voxels keep the whole-volume sliding-window validation to a few dozen windows.
     config = make_config(
-        "tiny", data=str(liver_dataset), epochs=30, val_every=30, lr=2e-3, spacing=[6.0, 6.0, 6.0]
+        "tiny", data=str(liver_dataset), epochs=30, val_every=30, lr=5e-3, spacing=[6.0, 6.0, 6.0]
     )  # fmt: skip
     seed_everything(config.seed)
     initial = build_model("hymamba", out_channels=2, **TINY_HYMAMBA)  # the run's initial weights
