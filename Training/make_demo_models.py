@@ -82,8 +82,9 @@ CARD_NOTE = (
     "whose labels are TotalSegmentator model output mapped to the 13 BTCV organs, not expert annotations; "
     "validated on that same scan, so the Dice values below are agreement on the training scan, not "
     "accuracy. The esophagus is absent from the scan and was never learned; the adrenal glands and the "
-    "portal and splenic veins, a few voxels each at 3 mm, were not learned either. Use it to try the "
-    "software, never for clinical or research conclusions."
+    "portal and splenic veins, a few voxels each at 3 mm, the pancreas, the gallbladder and the left "
+    "kidney were not learned by this short run either. Use it to try the software, never for clinical "
+    "or research conclusions."
 )
 
 
