@@ -44,9 +44,10 @@ def liver_dataset(tmp_path, data_dir):
 def test_finetuning_raises_validation_dice_and_writes_a_package(tmp_path, liver_dataset):
     from mambamim.infer.package import load_package
 
-    # 6 mm voxels keep the whole-volume sliding-window validation to a few dozen windows.
+    # 6 mm voxels keep the whole-volume sliding-window validation to a few dozen windows. The published
+    # HyMamba starts slower than our earlier layout: 30 steps left it at Dice 0, 60 reach about 0.75.
     config = make_config(
-        "tiny", data=str(liver_dataset), epochs=30, val_every=30, lr=5e-3, spacing=[6.0, 6.0, 6.0]
+        "tiny", data=str(liver_dataset), epochs=60, val_every=60, lr=2e-3, spacing=[6.0, 6.0, 6.0]
     )  # fmt: skip
     seed_everything(config.seed)
     initial = build_model("hymamba", out_channels=2, **TINY_HYMAMBA)  # the run's initial weights
@@ -58,7 +59,7 @@ def test_finetuning_raises_validation_dice_and_writes_a_package(tmp_path, liver_
     before = validate(initial, val_set, config, labels, init_distributed("cpu"))
 
     result = run_finetune(config, tmp_path / "run", show_bar=False)
-    assert result.status == "completed" and result.step == 30
+    assert result.status == "completed" and result.step == 60
     assert result.best_dice > before["mean_dice"] + 0.2, (before["mean_dice"], result.best_dice)
     package = load_package(result.package)
     assert [(e["value"], e["name"]) for e in package.card["labels"]] == [(1, "liver")]
