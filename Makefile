@@ -20,9 +20,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# Naming the installed torch as a requirement keeps pip from replacing it: dynamic-network-architectures
+# needs timm -> torchvision, whose newest release would pull the newest (CUDA) torch.
 venv: $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test]" "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__)')"
 
 # The Qt-free module library and the engine's torch-free parts on Python 3.12 (no torch there: no CPU
 # build for 3.12 is reachable from the registries here), see Testing/requirements-py312.txt.
@@ -77,7 +79,7 @@ $(WEB_BIN)/python:
 
 web-venv: $(WEB_BIN)/python
 	$(WEB_BIN)/python -c "import torch" 2>/dev/null || $(WEB_BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(WEB_BIN)/python -m pip install -q -e ".[web,web-test]"
+	$(WEB_BIN)/python -m pip install -q -e ".[web,web-test]" "torch==$$($(WEB_BIN)/python -c 'import torch; print(torch.__version__)')"
 
 # Debian's Chromium for the browser tests (Playwright drives it; it never downloads a browser).
 chromium:

@@ -59,9 +59,9 @@ def test_masked_voxels_do_not_leak_into_visible_outputs(scan_order):
     assert torch.allclose(out_a.prediction, out_b.prediction, atol=1e-5, rtol=0)
 
 
-def test_without_bottom_up_masking_the_cnn_does_leak():
+def test_dense_cnn_would_leak():
     """Negative control: the same check fails when the CNN stages see the whole image."""
-    model = MambaMIM(TINY, bottom_up=False, decoder_channels=(4, 4, 4, 4, 4))
+    model = MambaMIM(TINY, decoder_channels=(4, 4, 4, 4, 4))
     x = torch.rand(1, 1, *SIZE)
     mask = random_token_mask(1, GRID, 0.5, torch.Generator().manual_seed(0))
     masks = model.level_masks(mask, SIZE)
@@ -69,10 +69,44 @@ def test_without_bottom_up_masking_the_cnn_does_leak():
     with torch.no_grad():
         fa = cnn_features(model.encoder, x, None)[0]
         fb = cnn_features(model.encoder, x2, None)[0]
-        pa, pb = model(x, mask=mask).prediction, model(x2, mask=mask).prediction
     visible = ~masks[0].expand_as(fa)
     assert not torch.allclose(fa[visible], fb[visible], atol=1e-6, rtol=0)
-    assert not torch.allclose(pa, pb, atol=1e-5, rtol=0)
+
+
+def test_without_bottom_up_masking_stages_get_independent_masks_and_nothing_leaks():
+    """Table 9 "w/o bottom-up masking": every CNN stage has its own mask of the same ratio, not derived
+    from the Mamba mask (only consistency is removed), and the masked target voxels still never reach
+    the prediction."""
+    model = MambaMIM({**TINY, "blocks": (0, 1, 1, 1, 1)}, bottom_up=False, mask_ratio=0.5,
+                     decoder_channels=(4, 4, 4, 4, 4))  # fmt: skip
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.rand(2, 1, *SIZE)
+    mask = random_token_mask(2, GRID, 0.5, torch.Generator().manual_seed(0))
+    consistent = model.level_masks(mask, SIZE)
+    stage_masks = model.independent_level_masks(2, SIZE, torch.Generator().manual_seed(5), x.device)
+    tokens = GRID[0] * GRID[1] * GRID[2]
+    for level, (own, derived) in enumerate(zip(stage_masks, consistent)):
+        assert own.shape == derived.shape
+        # same ratio: the token-grid mask upsampled, round(0.5 * N) tokens per sample
+        assert own.float().mean().item() == pytest.approx(round(0.5 * tokens) / tokens)
+        assert not torch.equal(own, derived), f"stage {level} mask equals the Mamba mask"
+    assert any(not torch.equal(a[:, :, ::2**i, ::2**i, ::2**i], b[:, :, :: 2 ** (i + 1), :: 2 ** (i + 1),
+               :: 2 ** (i + 1)]) for i, (a, b) in enumerate(zip(stage_masks, stage_masks[1:])))  # fmt: skip
+
+    x2 = perturb_masked(x, consistent[0])
+    with torch.no_grad():
+        out_a = model(x, mask=mask, generator=torch.Generator().manual_seed(5))
+        out_b = model(x2, mask=mask, generator=torch.Generator().manual_seed(5))
+        feats = cnn_features(model.encoder, x * (~consistent[0]).float(), stage_masks)
+    assert torch.allclose(out_a.prediction, out_b.prediction, atol=1e-5, rtol=0), "target voxels leaked"
+    for level, (f, m) in enumerate(zip(feats, stage_masks)):
+        assert float(f[m.expand_as(f)].abs().max()) == 0.0, f"stage {level} not masked by its own mask"
+    # each stage's masks are drawn anew: another generator gives another prediction
+    with torch.no_grad():
+        out_c = model(x, mask=mask, generator=torch.Generator().manual_seed(6))
+    assert not torch.allclose(out_a.prediction, out_c.prediction)
 
 
 def test_sparse_path_runs_the_encoder_dataflow():

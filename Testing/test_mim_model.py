@@ -163,3 +163,19 @@ def test_from_checkpoint_round_trip_and_errors(tmp_path, batch):
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="corrupt"):
         MambaMIM.from_checkpoint(corrupt)
+
+
+def test_paper_preset_decoder_has_the_published_width():
+    """The authors' ``LightDecoder(width=768)``, halved per scale, with 3³ densify projections (about 91 M
+    parameters with them, 47.8 M of which are a fusion block at the Mamba scale their loop never runs;
+    Algorithm 2 instead fuses the finest skip too): ours at the same widths."""
+    from mambamim.engine.pretrain import make_config
+
+    model = MambaMIM(**make_config("paper", data="unused").model)
+    widths = [(u.up.in_channels, u.up.out_channels, u.conv[0].out_channels) for u in model.decoder.up]
+    assert widths == [(96, 96, 48), (192, 192, 96), (384, 384, 192), (768, 768, 384)]
+    assert model.decoder.bottom_proj.out_channels == 768 and len(model.decoder.fuse) == 4
+    never_run = (1536 * 768 * 27 + 768) + 2 * 768 + (768 * 768 * 27 + 768) + 2 * 768
+    finest_fusion = sum(p.numel() for p in model.decoder.fuse[0].parameters())
+    ours = sum(p.numel() for p in model.decoder.parameters())
+    assert 90.5e6 < ours + never_run - finest_fusion < 91.5e6

@@ -71,6 +71,7 @@ def test_encoder_export_loads_into_hymamba_and_bad_inputs_are_clear(tmp_path, sa
     hymamba = build_model("hymamba", **PRESETS["tiny"]["model"]["encoder_config"])
     report = load_partial_state_dict(hymamba, encoder)
     assert not [k for k in report.missing if k.startswith("encoder.")] and not report.unexpected
+    assert any(k.startswith("encoder.skip_blocks.") for k in encoder)  # the published encoder's skip blocks
     with pytest.raises(FileExistsError, match="already holds a training run"):
         run_pretrain(config, tmp_path / "run", show_bar=False)
     (tmp_path / "broken").mkdir()

@@ -21,10 +21,19 @@ def test_tiny_forward_on_odd_size_and_backward_reaches_every_parameter():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_skips_come_from_every_quarter_of_the_encoder():
-    assert VanillaMamba().skip_layers == (3, 6, 9)
+def test_skips_are_monai_unetrs():
+    """MONAI's UNETR feeds its decoder ``hidden_states_out[3]``, ``[6]``, ``[9]``: the outputs of blocks 4, 7
+    and 10 counting from 1 (read from the installed MONAI's source, not restated)."""
+    import inspect
+    import re
+
+    from monai.networks.nets import UNETR
+
+    indices = [int(i) for i in re.findall(r"hidden_states_out\[(\d+)\]", inspect.getsource(UNETR.forward))]
+    assert indices == [3, 6, 9]
+    assert VanillaMamba().skip_layers == tuple(i + 1 for i in indices) == (4, 7, 10)
     model = VanillaMamba(**{**TINY, "depth": 8}).eval()
-    assert model.skip_layers == (2, 4, 6) and len(model.mamba.layers) == 8
+    assert model.skip_layers == (3, 5, 7) and len(model.mamba.layers) == 8
     seen = []
     for i in model.skip_layers:
         model.mamba.layers[i - 1].register_forward_hook(lambda mod, inp, out: seen.append(out))

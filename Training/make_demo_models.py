@@ -62,7 +62,7 @@ FINETUNE = {
 PRETRAIN = {
     "model": {
         "encoder_config": {
-            "channels": [8, 16, 16, 24, 32], "blocks": [1, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
+            "channels": [8, 16, 16, 24, 32], "blocks": [0, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
             "mamba_depth": 1, "d_state": 8,
         },
         "decoder_channels": [8, 8, 16, 16, 32],
@@ -82,8 +82,9 @@ CARD_NOTE = (
     "whose labels are TotalSegmentator model output mapped to the 13 BTCV organs, not expert annotations; "
     "validated on that same scan, so the Dice values below are agreement on the training scan, not "
     "accuracy. The esophagus is absent from the scan and was never learned; the adrenal glands and the "
-    "portal and splenic veins, a few voxels each at 3 mm, were not learned either. Use it to try the "
-    "software, never for clinical or research conclusions."
+    "portal and splenic veins, a few voxels each at 3 mm, the pancreas, the gallbladder and the left "
+    "kidney were not learned by this short run either. Use it to try the software, never for clinical "
+    "or research conclusions."
 )
 
 
@@ -96,7 +97,24 @@ def label_table(path: Path) -> list[dict]:
     return table
 
 
-def make_segmentation_demo(work: Path, target: Path, quick: bool) -> dict:
+def earlier_layout_weights(source: Path, target: Path) -> Path:
+    """Weights of a demo package built with our earlier HyMamba layout (skip blocks in the decoder, a
+    MedNeXt block at level 0, a final LayerNorm after the Mamba stage), renamed where the published layout
+    has the same tensor, as a warm start: ``--pretrained`` loads what fits and reports the rest."""
+    from safetensors.torch import load_file, save_file
+
+    renamed = {}
+    for key, value in load_file(str(source)).items():
+        if key.startswith(("encoder.stages.0.", "encoder.mamba.norm.")):
+            continue  # not in the published network
+        renamed[f"encoder.{key}" if key.startswith("skip_blocks.") else key] = value
+    save_file(renamed, str(target))
+    return target
+
+
+def make_segmentation_demo(
+    work: Path, target: Path, quick: bool, steps: int | None = None, init_from: Path | None = None
+) -> dict:
     from mambamim.engine.finetune import make_config, run_finetune
 
     dataset = work / "dataset.json"
@@ -113,6 +131,11 @@ def make_segmentation_demo(work: Path, target: Path, quick: bool) -> dict:
     labels = work / "labels.json"
     label_table(labels)
     settings = dict(FINETUNE, epochs=2, val_every=2) if quick else FINETUNE
+    if steps:
+        settings = dict(settings, epochs=steps, val_every=steps)
+    if init_from is not None:
+        init = earlier_layout_weights(init_from, work / "init.safetensors")
+        settings = dict(settings, pretrained=str(init))
     config = make_config(
         "paper",
         data=str(dataset),
@@ -134,16 +157,18 @@ def make_segmentation_demo(work: Path, target: Path, quick: bool) -> dict:
     card["description"] = (
         "Small HyMamba (MambaMIM paper architecture, channels 8-96) for 13 BTCV organs. " + CARD_NOTE
     )
-    card["version"] = "0.2.0"  # 0.2.0: 1,000 steps (0.1.0 had 250)
+    card["version"] = "0.3.0"  # 0.3.0: the published HyMamba network (0.2.0: 1,000 steps; 0.1.0: 250)
     card_path.write_text(json.dumps(card, indent=2) + "\n")  # the weights (and their hash) are unchanged
     return {"best_dice": result.best_dice, "dice": result.metrics.get("dice"), "steps": result.step}
 
 
-def make_reconstruction_demo(work: Path, target: Path, quick: bool) -> dict:
+def make_reconstruction_demo(work: Path, target: Path, quick: bool, steps: int | None = None) -> dict:
     from mambamim.engine.checkpoint import load_checkpoint, save_checkpoint
     from mambamim.engine.pretrain import make_config, run_pretrain
 
     settings = dict(PRETRAIN, epochs=3) if quick else PRETRAIN
+    if steps:
+        settings = dict(settings, epochs=steps)
     config = make_config("paper", data=str(DATA / "ct.nii.gz"), workers=0, **settings)
     result = run_pretrain(config, work / "pretrain", show_bar=True)
     if result.status != "completed":
@@ -196,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "models", help="models folder")
     parser.add_argument("--quick", action="store_true", help="a few steps each, into a temporary folder")
     parser.add_argument("--only", choices=("segmentation", "reconstruction"), help="build one of the two")
+    parser.add_argument("--finetune-steps", type=int, help=f"default {FINETUNE['epochs']}")
+    parser.add_argument("--init-from", type=Path,
+                        help="warm start: weights.safetensors of an earlier segmentation demo package")
+    parser.add_argument("--pretrain-steps", type=int, help=f"default {PRETRAIN['epochs']}")
     args = parser.parse_args(argv)
     if not (DATA / "ct.nii.gz").is_file():
         print(f"error: sample CT not found at {DATA}", file=sys.stderr)
@@ -207,11 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         if args.only in (None, "segmentation"):
             start = time.process_time()
-            summary["btcv-hymamba-demo"] = make_segmentation_demo(work, out / "btcv-hymamba-demo", args.quick)
+            summary["btcv-hymamba-demo"] = make_segmentation_demo(
+                work, out / "btcv-hymamba-demo", args.quick, args.finetune_steps, args.init_from
+            )
             summary["btcv-hymamba-demo"]["cpu_s"] = round(time.process_time() - start, 1)
         if args.only in (None, "reconstruction"):
             start = time.process_time()
-            summary["mambamim-demo"] = make_reconstruction_demo(work, out / "mambamim-demo", args.quick)
+            summary["mambamim-demo"] = make_reconstruction_demo(
+                work, out / "mambamim-demo", args.quick, args.pretrain_steps
+            )
             summary["mambamim-demo"]["cpu_s"] = round(time.process_time() - start, 1)
     if not args.quick:
         refresh_registry_hashes(out)

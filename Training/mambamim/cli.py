@@ -12,7 +12,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("info", "pretrain", "finetune", "evaluate", "package", "segment", "reconstruct", "web")
+COMMANDS = (
+    "info", "pretrain", "finetune", "evaluate", "package", "segment", "reconstruct", "convert", "web",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU smoke runs: a tiny HyMamba on 32³ crops at 3 mm.
     "tiny": {
         "model": {
-            "channels": [8, 16, 16, 24, 32], "blocks": [1, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
+            "channels": [8, 16, 16, 24, 32], "blocks": [0, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
             "mamba_depth": 1, "d_state": 4,
         },
         "roi": 32, "num_samples": 2, "batch": 2, "epochs": 2, "lr": 2e-3, "spacing": [3.0, 3.0, 3.0],
@@ -196,24 +196,30 @@ def load_pretrained(model: nn.Module, path: Path, report) -> None:
     """Load what fits, print matched / missing / unexpected; no matched encoder key is an error."""
     from mambamim.nn.state_dict import load_partial_state_dict
 
-    result = load_partial_state_dict(model, read_weights(path))
+    weights = read_weights(path)
+    result = load_partial_state_dict(model, weights)
     report(f"--pretrained {path}: {result.summary()}")
     has_encoder = any(k.startswith("encoder.") for k in model.state_dict())
     matched = [k for k in result.matched if k.startswith("encoder.")] if has_encoder else result.matched
     if not matched:
         what = "encoder keys (encoder.*)" if has_encoder else "keys"
+        authors = any(k.startswith(("embeddings.", "sparse_encoder.", "mae.")) for k in weights)
+        hint = "; it holds the MambaMIM authors' names: convert it first (mambamim convert --from mambamim)"
         raise ValueError(
             f"--pretrained {path}: no {what} match this model; is it a MambaMIM encoder for this "
             f"architecture and size? ({len(result.unexpected)} unexpected, "
-            f"{len(result.shape_mismatched)} shape-mismatched)"
+            f"{len(result.shape_mismatched)} shape-mismatched){hint if authors else ''}"
         )
 
 
 def supervision_loss(loss_fn: nn.Module, output: Any, label: torch.Tensor) -> torch.Tensor:
-    """Dice+CE; deep-supervision outputs (a list, finest first) are weighted 1, 1/2, 1/4... (normalised)."""
+    """Dice+CE; deep-supervision outputs (a list, finest first) are weighted 1, 1/2, 1/4... with the lowest
+    resolution at 0, then normalised (nnU-Net's ``DeepSupervisionWrapper`` weights)."""
     if torch.is_tensor(output):
         return loss_fn(output, label)
     weights = [0.5**i for i in range(len(output))]
+    if len(weights) > 1:
+        weights[-1] = 0.0
     total = 0.0
     for weight, logits in zip(weights, output):
         target = label if logits.shape[2:] == label.shape[2:] else F.interpolate(label, logits.shape[2:])

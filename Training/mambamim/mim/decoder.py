@@ -6,11 +6,17 @@ positions are filled with a learnable per-scale mask token, the map is projected
 and fused with the upsampled coarser features by a two-convolution skip block. A final 1×1×1
 convolution maps to the image channels.
 
-Layers (BatchNorm + ReLU, as the reference light decoder; wrap with ``SyncBatchNorm`` under DDP if
-wanted): ``up[i]``: transposed conv ×2 then two 3³ convs, from scale i+1 to scale i; ``fuse[i]``: two 3³
-convs on [upsampled, projected skip]; ``proj[i]``: 3³ conv (1×1×1 at the Mamba scale, whose tokens are
-already dense); ``mask_tokens[i]``: (1, C_i, 1, 1, 1). With ``skip=False`` (Table 9 "w/o skip") no skip
-layers exist, so DDP sees no unused parameters.
+Layers, those of the authors' ``LightDecoder`` and densify layers (``models/decoder.py`` and
+``models/MambaMIM.py`` of github.com/FengheTan9/MambaMIM; BatchNorm + ReLU; wrap with ``SyncBatchNorm``
+under DDP if wanted): ``up[i]`` (their ``dense_decoder.dec``): transposed conv ×2 keeping the width, then
+two 3³ convs to the width of scale i, from scale i+1 to scale i; ``fuse[i]`` (their ``dense_decoder.fuse``):
+two 3³ convs on [upsampled, projected skip]; ``proj[i]`` (their ``densify_projs``): 3³ conv;
+``bottom_proj``: 1³ conv at the Mamba scale, whose tokens are already dense; ``mask_tokens[i]``:
+(1, C_i, 1, 1, 1); ``head`` (their ``dense_decoder.proj``): the linear layer τ to the voxels.
+
+Algorithm 2 fuses every skip S_{n-1} .. S_1; the authors' loop stops one scale early and never fuses the
+finest one (its projection and fusion weights exist there but are unused). We follow Algorithm 2. With
+``skip=False`` (Table 9 "w/o skip") no skip layers exist, so DDP sees no unused parameters.
 """
 
 from __future__ import annotations
@@ -39,12 +45,13 @@ class TwoConvBlock(nn.Sequential):
 
 
 class UpBlock(nn.Module):
-    """×2 upsampling (transposed conv, kernel 2, stride 2) followed by a :class:`TwoConvBlock`."""
+    """×2 upsampling (transposed conv, kernel 2, stride 2, same width) followed by a
+    :class:`TwoConvBlock` to ``out_channels`` (the authors' ``UNetBlock``)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.up = nn.ConvTranspose3d(in_channels, out_channels, kernel_size=2, stride=2)
-        self.conv = TwoConvBlock(out_channels, out_channels)
+        self.up = nn.ConvTranspose3d(in_channels, in_channels, kernel_size=2, stride=2)
+        self.conv = TwoConvBlock(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.up(x))

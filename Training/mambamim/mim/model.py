@@ -63,9 +63,11 @@ class MambaMIM(nn.Module):
         mask_token: ``"toki"`` (state-space token interpolation, Eq. 8) or ``"learnable"`` (one learnable
             token for every masked Mamba token; Table 9 "w/o TOKI").
         skip: fuse densified CNN features at every scale in the decoder (Table 9 "w/o skip" = False).
-        bottom_up: mask every CNN stage too (False = Table 9 "w/o bottom-up": the CNN stages see the whole
-            image and only the Mamba stage drops tokens; the decoder still replaces masked positions
-            of every scale by its mask tokens).
+        bottom_up: every CNN stage uses the Mamba mask upsampled to its scale (§3.2). False = Table 9
+            "w/o bottom-up masking" ("without a consistent mask"): the input still hides the Mamba-masked
+            voxels (the reconstruction target, so nothing leaks), but each CNN stage masks its outputs
+            with its own mask of the same ratio, drawn independently per stage and per step, not derived
+            from the Mamba mask; the decoder fills each stage's own masked positions with mask tokens.
         norm_pix_loss: normalise the targets per ``norm_patch``³ patch (mean/variance).
         norm_patch: edge of the normalisation patch in voxels.
         decoder_channels: decoder width per level, finest first; ``None`` = 16·2^i.
@@ -126,6 +128,17 @@ class MambaMIM(nn.Module):
         """The Mamba-grid ``mask`` upsampled (nearest) to every level, (B, 1, *size_i); level 0 = input."""
         return [upsample_mask(mask, [s // 2**i for s in size]) for i in range(len(self.encoder.stages))]
 
+    def independent_level_masks(
+        self, batch: int, size: Sequence[int], generator: torch.Generator | None, device: torch.device
+    ) -> list[torch.Tensor]:
+        """One random token-grid mask of ``mask_ratio`` per CNN level, drawn independently, upsampled to
+        that level's size (B, 1, *size_i): the masks of the "w/o bottom-up masking" ablation."""
+        grid = [s // self.size_multiple for s in size]
+        return [
+            upsample_mask(random_token_mask(batch, grid, self.mask_ratio, generator), level_size).to(device)
+            for level_size in ([s // 2**i for s in size] for i in range(len(self.encoder.stages)))
+        ]
+
     def fill_masked_tokens(self, sequence: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Fill the masked slots of a scan-ordered (B, N, C) Mamba output (TOKI or the learnable token)."""
         if self.config["mask_token"] == "toki":
@@ -156,14 +169,18 @@ class MambaMIM(nn.Module):
             raise ValueError(f"mask must have shape {(x.shape[0], *grid)} for input {tuple(x.shape)}")
         mask = mask.to(device=x.device, dtype=torch.bool)
         masks = self.level_masks(mask, size)
-
-        features = cnn_features(self.encoder, x, masks if self.bottom_up else None)
+        if self.bottom_up:
+            features = cnn_features(self.encoder, x, masks)
+        else:
+            hidden = x * (~masks[0]).to(x.dtype)  # the reconstruction target never enters the encoder
+            stage_masks = self.independent_level_masks(x.shape[0], size, generator, x.device)
+            features = cnn_features(self.encoder, hidden, stage_masks)
         bottom = features[-1]
         sequence, masked_seq, inverse = visible_mamba_sequence(self.encoder.mamba, bottom, mask)
         sequence = self.fill_masked_tokens(sequence, masked_seq)[:, inverse]
         features[-1] = sequence.transpose(1, 2).reshape(bottom.shape[0], -1, *grid)
 
-        prediction = self.decoder(features, masks)
+        prediction = self.decoder(features, masks if self.bottom_up else stage_masks)
         loss = mim_loss(prediction, x, masks[0], self.norm_pix_loss, self.norm_patch)
         with torch.no_grad():
             reconstruction = (

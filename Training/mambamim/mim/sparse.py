@@ -10,6 +10,10 @@ tensor passed between two operators is zero at masked positions.
   A MedNeXt block's depthwise convolution is its only spatially-mixing operator and its LayerNorm is
   per voxel (statistics over the channels of one voxel), so a visible output reads visible inputs and
   zeros only; no statistic is ever taken over masked voxels.
+- skip-refining residual blocks (``encoder.skip_blocks``, the published ``embeddings.encoder1..4``, run
+  sparsely there too): every convolution's output is masked and the norm is per voxel (channel
+  LayerNorm), so ``mask · norm(mask · conv(f))`` is the published sparse LayerNorm of the visible voxels;
+  the residual input is already masked and LeakyReLU keeps zeros.
 - masked max-pooling: the mask of level i is the Mamba-grid mask upsampled by 2^(L-i), so every 2³
   pooling window is either fully visible or fully masked; max-pooling the zero-filled map and
   re-masking therefore equals a max over visible voxels only.
@@ -36,8 +40,7 @@ def cnn_features(
     Args:
         encoder: a ``HyMambaEncoder``.
         x: (B, C_in, D, H, W) image.
-        masks: per level, bool (B, 1, *size_i), True = masked; ``None`` runs the dense encoder
-            (Table 9 "w/o bottom-up masking": the CNN sees the whole image).
+        masks: per level, bool (B, 1, *size_i), True = masked; ``None`` runs the dense encoder.
     """
     visible = None if masks is None else [(~m).to(x.dtype) for m in masks]
 
@@ -50,11 +53,22 @@ def cnn_features(
             f = keep(block(f), level)
         return f
 
+    def refine(f: torch.Tensor, level: int) -> torch.Tensor:
+        block = encoder.skip_blocks[level]
+        y = block.act(keep(block.norm1(keep(block.conv1(f), level)), level))
+        y = keep(block.norm2(keep(block.conv2(y), level)), level)
+        return block.act(y + f)
+
+    if masks is not None and encoder.skip_norm != "layer":
+        raise ValueError(
+            f"sparse pre-training needs per-voxel norms in the skip blocks (skip_norm='layer'), "
+            f"got skip_norm={encoder.skip_norm!r}: its statistics would mix masked voxels in"
+        )
     f = keep(encoder.stem(keep(x, 0)), 0)
     features = []
     for level, down in enumerate(encoder.downsamples):
         skip = keep(down.conv(blocks(f, level)), level)
-        features.append(skip)
+        features.append(refine(skip, level))
         f = keep(down.pool(skip), level + 1)
     features.append(blocks(f, len(encoder.downsamples)))
     return features

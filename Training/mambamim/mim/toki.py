@@ -2,35 +2,34 @@
 
 The Mamba stage only sees the visible tokens. TOKI rebuilds the masked ones in scan order: for a run of
 ``Q`` consecutive masked tokens between the visible outputs ŷ_i (before the run) and ŷ_{i+1} (after it),
-token ``j`` of the run (``j = 1 … Q``) is first interpolated linearly,
+Eq. 8 interpolates linearly,
 
-    V_j = (1 - α_j) · ŷ_i + α_j · ŷ_{i+1},      α_j = j / (Q + 2),
+    s'_n = (Q + 2 - n) / (Q + 2) · ŷ_i + n / (Q + 2) · ŷ_{i+1}      (n = 0 … Q, so s'_0 = ŷ_i),
 
-and the run is then filled with a causal state-space recurrence over the run,
+and fills token ``j`` of the run (``j = 1 … Q``) with a state-space sum that starts at the visible
+token itself,
 
-    z_j = Σ_{n=1..j} Ā'^{j-n} · V_n        (i.e. z_1 = V_1, z_j = Ā' · z_{j-1} + V_j),
+    z_j = Σ_{n=0..j} Ā'^{j-n} · s'_n        (i.e. z_0 = ŷ_i, z_j = Ā' · z_{j-1} + s'_j),
 
-with Ā' a learnable per-channel (diagonal) state matrix kept in (0, 1) by Ā' = exp(-softplus(θ)).
+with C' and B̄' the identity and Ā' a learnable per-channel (diagonal) state kept in (0, 1) by
+Ā' = exp(-softplus(θ)). Worked example (``../shared/fixtures/paper/toki_eq8.json``, case 1): Q = 3,
+Ā' = 0.5, ŷ = (1, 2) gives 1.7, 2.25, 2.725.
 
 Choices the paper leaves open, made here:
-- α_j = j / (Q + 2) with j counted from 1 inside the run, as the project's issue transcribes Eq. 8 (the
-  equation text itself could not be re-checked here). The weight lives in :func:`interpolation_weight`
-  only; any α_j = j / c(Q) keeps the closed form below valid. The published code differs: it uses
-  ``linspace(0, 1)`` over the gap starting at the left visible token, and a full C×C matrix.
-- Ā' is diagonal (one decay per channel, as the issue asks), not a full matrix: cheap, always stable,
-  and it makes the recurrence a closed form (below). θ starts at 0, so Ā' starts at 0.5.
-- The recurrence starts inside each run (n ≥ 1): visible tokens keep their Mamba output unchanged and
-  do not enter the sum; runs do not influence one another.
+- Ā' is diagonal (one decay per channel), not a full matrix: cheap, always stable, and it makes the
+  sum a closed form (below). θ starts at 0, so Ā' starts at 0.5. (The authors' code uses a full C×C
+  matrix and ``linspace(0, 1)`` weights over the gap; we follow the paper's equation.)
+- Visible tokens keep their Mamba output unchanged; runs do not influence one another.
 - A run at the start (end) of the sequence has only one visible neighbour; both endpoints are that
-  neighbour, so V_j equals it for every j.
+  neighbour, so every s'_n equals it.
 - z is not renormalised by Σ Ā'^k: the decoder's projection that follows absorbs the scale.
 
-Closed form (no loop over tokens or runs): since V_n = ŷ_i + α_n (ŷ_{i+1} - ŷ_i),
+Closed form (no loop over tokens or runs): since s'_n = ŷ_i + n/(Q+2) · (ŷ_{i+1} - ŷ_i),
 
-    z_j = ŷ_i · S_j + (ŷ_{i+1} - ŷ_i) · W_j / (Q + 2),
-    S_j = Σ_{k<j} Ā'^k,   W_j = Σ_{n=1..j} n Ā'^{j-n} = j · S_j - Σ_{k<j} k Ā'^k,
+    z_j = ŷ_i · G_j + (ŷ_{i+1} - ŷ_i) · W_j / (Q + 2),
+    G_j = Σ_{k≤j} Ā'^k,   W_j = Σ_{n=1..j} n Ā'^{j-n} = j · G_{j-1} - Σ_{k<j} k Ā'^k,
 
-where S and W come from one cumulative sum over a power table of length N (shared by all runs and
+where G and W come from one cumulative sum over a power table of length N (shared by all runs and
 samples), and each masked token gathers its own ŷ_i, ŷ_{i+1}, j and Q.
 """
 
@@ -39,11 +38,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def interpolation_weight(j: torch.Tensor, run_length: torch.Tensor) -> torch.Tensor:
-    """α_j = j / (Q + 2) for token ``j`` (1-based) of a masked run of length ``Q`` (Eq. 8)."""
-    return j / (run_length + 2)
 
 
 def run_positions(masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,15 +92,14 @@ def toki_fill(tokens: torch.Tensor, masked: torch.Tensor, decay: torch.Tensor) -
     # Power table Ā'^k, k = 0 … N-1, in log space (stable for any decay in (0, 1)).
     k = index.to(tokens.dtype).unsqueeze(1)  # (N, 1)
     powers = torch.exp(k * torch.log(decay.to(tokens.dtype)).unsqueeze(0))  # (N, C)
-    geometric = powers.cumsum(0)  # S_{k+1} = Σ_{m≤k} Ā'^m
-    weighted = (k * powers).cumsum(0)  # Σ_{m≤k} m Ā'^m
-    row = (j - 1).clamp(0, n - 1)  # table row of S_j; visible positions read row 0 and are discarded
-    s_j = geometric[row]  # (B, N, C)
+    geometric = powers.cumsum(0)  # row k: G_k = Σ_{m≤k} Ā'^m
+    weighted = (k * powers).cumsum(0)  # row k: Σ_{m≤k} m Ā'^m
+    # Visible positions (j = 0) read clamped rows; their values are discarded below.
+    g_j = geometric[j.clamp(0, n - 1)]  # (B, N, C)
+    before = (j - 1).clamp(0, n - 1)
     jf = j.to(tokens.dtype).unsqueeze(-1)
-    w_j = jf * s_j - weighted[row]
-    # Σ_n α_n Ā'^{j-n} = W_j / (Q + 2): α is linear in n, so the weight formula applies to W_j itself.
-    scale = interpolation_weight(w_j, run_length.to(tokens.dtype).unsqueeze(-1))
-    filled = left * s_j + (right - left) * scale
+    w_j = jf * geometric[before] - weighted[before]
+    filled = left * g_j + (right - left) * w_j / (run_length.to(tokens.dtype).unsqueeze(-1) + 2)
     return torch.where(masked.unsqueeze(-1), filled, tokens).to(out_dtype)
 
 

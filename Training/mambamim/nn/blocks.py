@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("instance", "layer", "batch")
+NORMS = ("instance", "instance_noaffine", "layer", "batch")
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -55,26 +55,33 @@ def reuse_buffers(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not torch.is_grad_enabled()
 
 
-class InstanceNorm(_AffineNorm):
-    """Affine instance normalisation of (B, C, D, H, W) maps: parameters ``weight`` and ``bias`` like
-    ``nn.GroupNorm(C, C)`` and ``nn.InstanceNorm3d(C, affine=True)``, so state dicts interchange.
+class InstanceNorm(nn.Module):
+    """Instance normalisation of (B, C, D, H, W) maps; with ``affine`` it has parameters ``weight`` and
+    ``bias`` like ``nn.GroupNorm(C, C)`` and ``nn.InstanceNorm3d(C, affine=True)``, so state dicts
+    interchange; without, it has none, like MONAI's default ``("instance", {"affine": False})``.
 
     ``forward`` is ``F.group_norm`` with one group per channel (a channels-last CPU kernel, autograd).
     ``normalize_`` overwrites its argument instead, for blocks normalising a conv output they own.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__(channels, eps)
+    def __init__(self, channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.channels = channels
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x, self.weight.numel(), self.weight, self.bias, self.eps)
+        return F.group_norm(x, self.channels, self.weight, self.bias, self.eps)
 
     def normalize_(self, x: torch.Tensor) -> torch.Tensor:
         """``forward(x)`` computed in ``x``'s own memory (no autograd)."""
         for item in x.split(1):  # the batch statistics of a single item are its instance statistics
             mean, var = torch.batch_norm_update_stats(item, None, None, 0.0)
-            scale = torch.rsqrt(var + self.eps) * self.weight
-            shift = self.bias - mean * scale
+            scale = torch.rsqrt(var + self.eps)
+            if self.weight is not None:
+                scale = scale * self.weight
+            shift = -mean * scale if self.bias is None else self.bias - mean * scale
             torch.addcmul(shift[:, None, None, None], item, scale[:, None, None, None], out=item)
         return x
 
@@ -87,10 +94,12 @@ def norm_(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def make_norm(name: str, channels: int) -> nn.Module:
-    """Normalisation layer by name: ``instance`` (affine :class:`InstanceNorm`), ``layer`` (per-voxel
-    channel LayerNorm) or ``batch``."""
+    """Normalisation layer by name: ``instance`` (affine :class:`InstanceNorm`), ``instance_noaffine``
+    (without parameters, MONAI's default), ``layer`` (per-voxel channel LayerNorm) or ``batch``."""
     if name == "instance":
         return InstanceNorm(channels)
+    if name == "instance_noaffine":
+        return InstanceNorm(channels, affine=False)
     if name == "layer":
         return ChannelLayerNorm(channels)
     if name == "batch":
@@ -102,7 +111,8 @@ class ResidualConvBlock(nn.Module):
     """nnU-Net / MONAI ``UnetResBlock``-style block: conv-norm-act-conv-norm + shortcut, then act.
 
     The shortcut is a 1³ conv + norm when the channel count or stride changes, identity otherwise.
-    Convolutions before a norm carry no bias (the norm would cancel it).
+    By default convolutions before a norm carry no bias (an instance norm would cancel it); ``bias=True``
+    gives them one, as the residual blocks of the published HyMamba (whose per-voxel LayerNorm keeps it).
     """
 
     def __init__(
@@ -113,17 +123,18 @@ class ResidualConvBlock(nn.Module):
         stride: int = 1,
         norm: str = "instance",
         negative_slope: float = 0.01,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         pad = kernel_size // 2
-        self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=pad, bias=False)
+        self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=pad, bias=bias)
         self.norm1 = make_norm(norm, out_channels)
-        self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size, padding=pad, bias=False)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size, padding=pad, bias=bias)
         self.norm2 = make_norm(norm, out_channels)
         self.act = nn.LeakyReLU(negative_slope, inplace=True)
         if in_channels != out_channels or stride != 1:
             self.shortcut = nn.Sequential(
-                nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=bias),
                 make_norm(norm, out_channels),
             )
         else:

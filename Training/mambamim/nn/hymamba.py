@@ -1,22 +1,39 @@
 """HyMamba: the hybrid CNN-Mamba segmentation network of MambaMIM (Tang et al., arXiv 2408.08070, §3.1).
 
-Layout of the published MambaMIM code (``models/network/hymamba.py``), where every level *raises its
-channels before pooling*, so each skip lives at a finer resolution than its channel count suggests.
-With ``channels = (C0 .. C4) = (32, 64, 128, 192, 384)`` and a 96³ window:
+The default network is the authors' published ``Hybird`` (``models/network/hymamba.py`` of
+github.com/FengheTan9/MambaMIM, commit 471c2f6, built by its ``build_hybird``): loading their weights
+through :mod:`mambamim.nn.convert` reproduces their outputs (``Testing/test_hymamba_published.py``
+checks it against the authors' model saved as data). Every level *raises its channels before
+pooling*, so each skip lives at a finer resolution than its channel count suggests. With
+``channels = (C0 .. C4) = (32, 64, 128, 192, 384)`` and a 96³ window:
 
-- encoder: 3³ stem conv ``in → C0`` at full resolution, MedNeXt blocks at C0 (``stages[0]``; the
-  published code builds none there, one is cheap), then for level i = 0..3 a 3³ conv ``C_i → C_{i+1}`` at
-  resolution 1/2^i gives skip i, max-pool ×2, MedNeXt blocks at ``C_{i+1}`` (``stages[i+1]``). After
-  ``stages[4]`` (C4 at 1/16, 6³ tokens) a Vision-Mamba stage of pre-norm Mamba layers with a fixed 3-D
-  sin-cos position embedding gives the bottleneck. Skips: C1 at 1/1, C2 at 1/2, C3 at 1/4, C4 at 1/8.
-- decoder (UNETR style): a residual conv block refines each skip; four steps of transposed conv ×2,
-  concatenation with the skip and a residual conv block (C4 → C4 at 1/8, → C3 at 1/4, → C2 at 1/2,
-  → C1 at 1/1); a residual block C1 → C0 and a 1³ head. Defaults: about 41 M parameters and
-  2.1 TFLOP per 96³ window.
+- encoder (their ``embeddings`` + ``mae``): 3³ stem conv ``in → C0`` at full resolution; for level
+  i = 0..3 a 3³ conv ``C_i → C_{i+1}`` (their ``expend``) at resolution 1/2^i gives raw skip i, then
+  max-pool ×2 and the MedNeXt blocks of level i+1 at ``C_{i+1}`` (their ``layer2..5``). A residual block
+  with per-voxel LayerNorm and conv biases (their ``encoder1..4``) refines each raw skip; being part of
+  the encoder, these blocks are pre-trained by MambaMIM and transferred. After level 4 (C4 at 1/16, 6³
+  tokens) a Vision-Mamba stage of four pre-norm Mamba layers with a fixed 3-D sin-cos position
+  embedding and no final norm (their ``mae``) gives the bottleneck. Skips: C1 at 1/1, C2 at 1/2,
+  C3 at 1/4, C4 at 1/8.
+- decoder (MONAI ``UnetrUpBlock`` steps): transposed conv ×2 (no bias), concatenation with the refined
+  skip and a residual block with parameter-free instance norms (C4 → C4 at 1/8, → C3 at 1/4, → C2 at
+  1/2, → C1 at 1/1); a residual block C1 → C0 with LayerNorm and biases, and a 1³ head with bias.
+  Defaults: 41,441,774 trainable parameters (the published model's 41,841,134 less the backward-scan
+  parameters its forward never uses and its fixed position embedding) and about 2.1 TFLOP per 96³ window.
+
+Options that differ from the published network (never the default): ``blocks[0] > 0`` adds MedNeXt
+blocks at C0 at full resolution (the published code accepts a level-0 depth but builds none),
+``final_norm=True`` a LayerNorm after the Mamba stage, ``skip_norm`` / ``norm`` / ``out_norm`` other
+norm types (``instance`` = affine instance norm, as our earlier layout), ``bidirectional`` BiMamba layers.
 
 The whole CNN runs in channels-last memory order, where 3-D convolutions are fastest on CPU and the
 per-voxel LayerNorm and 1³ projections of MedNeXt blocks are plain last-dimension ops on a
 (B, D, H, W, C) view, with no permute copies.
+
+Example::
+
+    model = HyMamba(in_channels=1, out_channels=14)
+    logits = model(torch.zeros(1, 1, 96, 96, 96))  # (1, 14, 96, 96, 96)
 """
 
 from __future__ import annotations
@@ -79,29 +96,34 @@ def _check_levels(channels, blocks, expansion) -> None:
 class HyMambaEncoder(nn.Module):
     """HyMamba encoder (MambaMIM §3.1, published layout); forward(x) returns [skip0 .. skip3, bottleneck].
 
-    Dataflow: ``f = stem(x)``; for i in 0..3: ``f = stages[i](f)``, ``skip_i = downsamples[i].conv(f)``
-    (``C_{i+1}`` channels at 1/2^i), ``f = downsamples[i].pool(skip_i)``; then ``f = stages[4](f)`` and
-    the bottleneck ``mamba(f)`` (C4 at 1/16). ``stages[i]`` holds the MedNeXt blocks of level i (C_i at
-    1/2^i); ``feature_channels`` lists the channels of the returned maps, (C1, C2, C3, C4, C4).
+    Dataflow: ``f = stem(x)``; for i in 0..3: ``f = stages[i](f)``, raw skip ``s_i = downsamples[i].conv(f)``
+    (``C_{i+1}`` channels at 1/2^i), ``f = downsamples[i].pool(s_i)``; then ``f = stages[4](f)`` and the
+    bottleneck ``mamba(f)`` (C4 at 1/16). The returned skips are ``skip_blocks[i](s_i)``.
+    ``stages[i]`` holds the MedNeXt blocks of level i (C_i at 1/2^i; none at level 0 by default, as
+    published); ``feature_channels`` lists the channels of the returned maps, (C1, C2, C3, C4, C4).
 
     Args:
         in_channels: input image channels.
         channels: width of each level.
-        blocks: MedNeXt blocks per level.
+        blocks: MedNeXt blocks per level (the published ``depths``, except that its level-0 entry is
+            unused there: ``(0, 2, 2, 2, 1)`` is ``build_hybird``'s ``(1, 2, 2, 2, 1)``).
         expansion: MedNeXt expansion ratio per level.
         kernel_size: depthwise kernel of the MedNeXt blocks.
         mamba_depth: Mamba layers at the deepest level.
         d_state, d_conv, expand: Mamba hyper-parameters.
         scan_order, seed: token order of the Mamba stage (see :mod:`mambamim.nn.scan_orders`).
-        bidirectional: BiMamba layers instead of forward-only ones.
-        mlp_ratio: MLP width of the Mamba layers (2, as in the published MambaMIM code).
+        bidirectional: BiMamba layers instead of forward-only ones (not published).
+        mlp_ratio: MLP width of the Mamba layers (2, as published).
+        skip_norm: norm of the skip-refining residual blocks (published: ``layer``, per voxel; the only
+            one MambaMIM's sparse pre-training accepts).
+        final_norm: LayerNorm after the Mamba stage (not published).
     """
 
     def __init__(
         self,
         in_channels: int = 1,
         channels: tuple[int, ...] = (32, 64, 128, 192, 384),
-        blocks: tuple[int, ...] = (1, 2, 2, 2, 1),
+        blocks: tuple[int, ...] = (0, 2, 2, 2, 1),
         expansion: tuple[int, ...] = (2, 2, 4, 4, 4),
         kernel_size: int = 3,
         mamba_depth: int = 4,
@@ -112,6 +134,8 @@ class HyMambaEncoder(nn.Module):
         seed: int = 0,
         bidirectional: bool = False,
         mlp_ratio: float = 2.0,
+        skip_norm: str = "layer",
+        final_norm: bool = False,
     ) -> None:
         super().__init__()
         _check_levels(channels, blocks, expansion)
@@ -119,6 +143,7 @@ class HyMambaEncoder(nn.Module):
         self.channels = tuple(channels)
         self.feature_channels = (*self.channels[1:], self.channels[-1])
         self.size_multiple = 2 ** (len(channels) - 1)
+        self.skip_norm = skip_norm
         self.stem = nn.Conv3d(in_channels, channels[0], 3, padding=1)
         self.stages = nn.ModuleList(
             nn.ModuleList(MedNeXtBlock(c, r, kernel_size) for _ in range(n))
@@ -127,38 +152,48 @@ class HyMambaEncoder(nn.Module):
         self.downsamples = nn.ModuleList(
             Downsample(channels[i], channels[i + 1]) for i in range(len(channels) - 1)
         )
-        self.mamba = VisionMambaStage(
-            channels[-1], mamba_depth, d_state, d_conv, expand, scan_order, seed, bidirectional, mlp_ratio
+        self.skip_blocks = nn.ModuleList(
+            ResidualConvBlock(c, c, norm=skip_norm, bias=True) for c in self.channels[1:]
         )
+        self.mamba = VisionMambaStage(
+            channels[-1], mamba_depth, d_state, d_conv, expand, scan_order, seed, bidirectional, mlp_ratio,
+            final_norm,
+        )  # fmt: skip
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor, refine_skips: bool = True) -> list[torch.Tensor]:
+        """[skip0 .. skip3, bottleneck]; with ``refine_skips=False`` the raw skips, before ``skip_blocks``
+        (the segmentation decoder refines them straight into its concatenation buffers)."""
         check_input(x, self.in_channels, self.size_multiple, type(self).__name__)
         f = channels_last(self.stem(x))
         features = []
-        for stage, down in zip(self.stages, self.downsamples):
+        for stage, down, refine in zip(self.stages, self.downsamples, self.skip_blocks):
             for block in stage:
                 f = block(f)
             skip, f = down(f)
-            features.append(skip)
+            features.append(refine(skip) if refine_skips else skip)
         for block in self.stages[-1]:
             f = block(f)
         features.append(self.mamba(f))
         return features
 
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.features(x)
+
 
 class HyMamba(nn.Module):
     """HyMamba segmentation network (MambaMIM §3.1): :class:`HyMambaEncoder` + UNETR-style decoder,
-    laid out as the published MambaMIM code (see the module docstring).
+    as published (see the module docstring).
 
-    Decoder modules: ``skip_blocks[i]`` (residual block refining skip i, ``feature_channels[i]`` wide),
-    ``up_blocks[i]`` (transposed conv ×2 from ``feature_channels[i+1]``, concatenated with the refined
-    skip i, residual block to ``feature_channels[i]``), ``out_block`` (residual block
-    ``feature_channels[0] → channels[0]`` at full resolution) and ``head`` (1³ conv to the logits).
+    Decoder modules: ``up_blocks[i]`` (transposed conv ×2 from ``feature_channels[i+1]``, concatenated
+    with the refined skip i, residual block to ``feature_channels[i]``; their ``decoder{i+2}``),
+    ``out_block`` (residual block ``feature_channels[0] → channels[0]`` at full resolution, with conv
+    biases; their ``decoder1``) and ``head`` (1³ conv to the logits; their ``decoder.out``).
 
     Args:
         in_channels: input image channels.
         out_channels: number of classes (logit channels).
-        norm: normalisation of the decoder's residual blocks (``instance``, ``layer`` or ``batch``).
+        norm: norm of the up blocks' residual blocks (published: ``instance_noaffine``, MONAI's default).
+        out_norm: norm of ``out_block`` (published: ``layer``).
         Remaining arguments: see :class:`HyMambaEncoder`.
 
     forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W); D, H, W multiples of 16.
@@ -171,7 +206,7 @@ class HyMamba(nn.Module):
         in_channels: int = 1,
         out_channels: int = 14,
         channels: tuple[int, ...] = (32, 64, 128, 192, 384),
-        blocks: tuple[int, ...] = (1, 2, 2, 2, 1),
+        blocks: tuple[int, ...] = (0, 2, 2, 2, 1),
         expansion: tuple[int, ...] = (2, 2, 4, 4, 4),
         kernel_size: int = 3,
         mamba_depth: int = 4,
@@ -182,31 +217,29 @@ class HyMamba(nn.Module):
         seed: int = 0,
         bidirectional: bool = False,
         mlp_ratio: float = 2.0,
-        norm: str = "instance",
+        skip_norm: str = "layer",
+        final_norm: bool = False,
+        norm: str = "instance_noaffine",
+        out_norm: str = "layer",
     ) -> None:
         super().__init__()
         self.encoder = HyMambaEncoder(
             in_channels, channels, blocks, expansion, kernel_size, mamba_depth,
-            d_state, d_conv, expand, scan_order, seed, bidirectional, mlp_ratio,
+            d_state, d_conv, expand, scan_order, seed, bidirectional, mlp_ratio, skip_norm, final_norm,
         )  # fmt: skip
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.size_multiple = self.encoder.size_multiple
         widths = self.encoder.feature_channels
-        levels = len(widths) - 1
-        self.skip_blocks = nn.ModuleList(
-            ResidualConvBlock(widths[i], widths[i], norm=norm) for i in range(levels)
-        )
         self.up_blocks = nn.ModuleList(
-            UpBlock(widths[i + 1], widths[i], widths[i], norm=norm) for i in range(levels)
+            UpBlock(widths[i + 1], widths[i], widths[i], norm=norm) for i in range(len(widths) - 1)
         )
-        self.out_block = ResidualConvBlock(widths[0], channels[0], norm=norm)
+        self.out_block = ResidualConvBlock(widths[0], channels[0], norm=out_norm, bias=True)
         self.head = nn.Conv3d(channels[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_channels, self.size_multiple, type(self).__name__)
-        *skips, y = self.encoder(x)
+        *skips, y = self.encoder.features(x, refine_skips=False)
         while skips:  # pop: each full-size skip is freed as soon as it has been used
             i = len(skips) - 1
-            y = self.up_blocks[i](y, skips.pop(), self.skip_blocks[i])
+            y = self.up_blocks[i](y, skips.pop(), self.encoder.skip_blocks[i])
         return pointwise_conv(self.out_block(y), self.head).contiguous()

@@ -2,8 +2,9 @@
 
 The plain-Mamba baseline of MambaMIM (Tang et al., arXiv 2408.08070, §4): non-overlapping 16³ patches
 embedded to ``hidden_size`` channels, a fixed 3-D sin-cos position embedding, ``depth`` pre-norm Mamba
-layers (:class:`~mambamim.nn.vision_mamba.VisionMambaStage`), and MONAI's UNETR decoder fed with the
-outputs of layers depth/4, depth/2, 3·depth/4 and the final (normalised) output (3/6/9/12 by default).
+layers (:class:`~mambamim.nn.vision_mamba.VisionMambaStage`), and MONAI's UNETR decoder fed, as MONAI's
+``UNETR`` does (``hidden_states_out[3]``, ``[6]``, ``[9]``), with the outputs of layers depth/4 + 1,
+depth/2 + 1, 3·depth/4 + 1 (counting from 1: 4, 7 and 10 of 12) and the final (normalised) output.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class VanillaMamba(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.img_size = sizes
-        self.skip_layers = (depth // 4, depth // 2, 3 * depth // 4)
+        # MONAI UNETR's hidden_states_out[3], [6], [9] for 12 blocks, i.e. blocks 4, 7, 10 counted from 1
+        self.skip_layers = (depth // 4 + 1, depth // 2 + 1, 3 * depth // 4 + 1)
         self.patch_embed = nn.Conv3d(in_channels, hidden_size, patch_size, stride=patch_size)
         self.mamba = VisionMambaStage(
             hidden_size, depth, d_state, d_conv, expand, scan_order, seed, bidirectional, mlp_ratio

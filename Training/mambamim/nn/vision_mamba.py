@@ -82,7 +82,7 @@ class MambaLayer(nn.Module):
 
 
 class VisionMambaStage(nn.Module):
-    """``depth`` MambaLayers + final LayerNorm over the tokens of a (B, dim, D, H, W) map.
+    """``depth`` MambaLayers (+ a final LayerNorm) over the tokens of a (B, dim, D, H, W) map.
 
     Args:
         dim: channels = token width.
@@ -92,6 +92,8 @@ class VisionMambaStage(nn.Module):
         seed: seed of the ``shuffle`` order.
         bidirectional: use :class:`~mambamim.nn.mamba.BiMamba` (forward + backward scan).
         mlp_ratio: hidden width of each layer's MLP relative to ``dim``.
+        final_norm: a LayerNorm after the last layer (ViT / Vanilla Mamba style; the published HyMamba
+            has none).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class VisionMambaStage(nn.Module):
         seed: int = 0,
         bidirectional: bool = False,
         mlp_ratio: float = 4.0,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         check_scan_order(scan_order)
@@ -115,7 +118,7 @@ class VisionMambaStage(nn.Module):
             MambaLayer(dim, d_state, d_conv, expand, mlp_ratio, bidirectional, layer_idx=i)
             for i in range(depth)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if final_norm else nn.Identity()
         self._cache: dict[tuple, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
 
     # Cache entries are built outside inference mode: an inference tensor (first call under
@@ -146,7 +149,7 @@ class VisionMambaStage(nn.Module):
     def forward_sequence(
         self, seq: torch.Tensor, return_layers: Sequence[int] = ()
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Layers + norm on an already ordered (B, L, dim) sequence (any L, e.g. visible tokens only).
+        """Layers (+ final norm) on an already ordered (B, L, dim) sequence (any L, e.g. visible tokens only).
 
         With ``return_layers`` (1-based layer numbers) also returns those layers' raw outputs.
         """

@@ -1,21 +1,21 @@
 """Voxel-level Mamba layer: flatten a feature map to one token per voxel, scan, restore the grid.
 
-Follows Lumetti et al., "Taming Mambas for Voxel Level 3D Medical Image Segmentation" (arXiv 2410.15496), §3:
-no patching, every voxel of the stage's feature map is a token. Details the paper leaves to its reference
-code, reproduced here:
+Lumetti et al., "Taming Mambas for Voxel Level 3D Medical Image Segmentation" (arXiv 2410.15496), §3: no
+patching, every voxel of the stage's feature map is a token. Laid out as the authors' code
+(github.com/LucaLumetti/TamingMambas, commit 0f1881a, ``tamingmambas/nnunetv2/nets/*.py``), with their
+parameter names, so their checkpoints load:
 
-- one scan direction is two pre-norm residual sub-layers, ``x + Mamba(LN(x))`` then ``x + Linear(LN(x))``
-  (a single linear projection, not a 4× MLP);
-- a bidirectional scan runs a second, independently parameterised direction on the reversed sequence,
-  flips its output back, sums both and applies a LayerNorm;
-- several axis orders (MultiSegMamba) are averaged.
-
-The authors' code sizes the state per layer (``d_state = min(C, 64)``, ``min(C, 256)`` in the skip variant);
-here ``d_state`` is one constructor argument (default 16, mamba-ssm's default) so every size is explicit.
+- one scan direction (their ``MambaTrans``): ``x + Mamba(norm1(x))`` then ``x + head(norm2(x))`` (a single
+  linear projection, not an MLP), ``d_state = min(C, 256)`` (``min(C, 64)`` in MultiSegMamba);
+- a bidirectional scan (their ``PanMambaTrans``): ``fwd_mamba`` on the sequence, ``bwd_mamba`` on the
+  reversed sequence flipped back, ``norm(fwd + bwd)``;
+- several axis orders (their ``MultiMambaTrans``, attribute ``mambas``) are averaged;
+- an outer LayerNorm on the tokens before the scan (their ``MambaLayer.norm``), in every variant except
+  MultiSegMamba, whose layer is the multi-order scan itself.
 
 Tokens are ordered by an axis order of the (D, H, W) grid composed with a scan order of
-``mambamim.nn.scan_orders`` (raster, zigzag, hilbert, shuffle) computed on the permuted grid, so "raster"
-with axis order (0, 1, 2) is ``x.flatten(2)``.
+``mambamim.nn.scan_orders`` (raster, zigzag, hilbert, shuffle) computed on the permuted grid; "raster" with
+axis order (0, 1, 2) is the authors' ``x.reshape(B, C, N)``. Other scan orders are our option.
 """
 
 from __future__ import annotations
@@ -34,50 +34,47 @@ AXIS_ORDERS: tuple[tuple[int, int, int], ...] = tuple(itertools.permutations((0,
 
 
 class ScanDirection(nn.Module):
-    """One scan direction over tokens (B, L, C): ``x + Mamba(LN(x))``, then ``x + Linear(LN(x))``."""
+    """One scan direction over tokens (B, L, C) (their ``MambaTrans``):
+    ``x + mamba(norm1(x))``, then ``x + head(norm2(x))``."""
 
-    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> None:
+    def __init__(self, dim: int, d_state: int, d_conv: int = 4, expand: int = 2) -> None:
         super().__init__()
+        self.mamba = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand)
         self.norm1 = nn.LayerNorm(dim)
-        self.mixer = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand)
         self.norm2 = nn.LayerNorm(dim)
-        self.proj = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x))
-        return x + self.proj(self.norm2(x))
+        x = self.mamba(self.norm1(x)) + x
+        return self.head(self.norm2(x)) + x
 
 
-class AxisScan(nn.Module):
-    """The scan along one token order: forward only, or forward + reversed combined as ``LN(fwd + bwd)``."""
+class BiScan(nn.Module):
+    """Forward + reversed scan combined as ``norm(fwd + bwd)`` (their ``PanMambaTrans``)."""
 
-    def __init__(
-        self, dim: int, bidirectional: bool, d_state: int = 16, d_conv: int = 4, expand: int = 2
-    ) -> None:
+    def __init__(self, dim: int, d_state: int, d_conv: int = 4, expand: int = 2) -> None:
         super().__init__()
-        self.fwd = ScanDirection(dim, d_state, d_conv, expand)
-        if bidirectional:
-            self.bwd = ScanDirection(dim, d_state, d_conv, expand)
-            self.norm = nn.LayerNorm(dim)
-        self.bidirectional = bidirectional
+        self.fwd_mamba = ScanDirection(dim, d_state, d_conv, expand)
+        self.bwd_mamba = ScanDirection(dim, d_state, d_conv, expand)
+        self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.bidirectional:
-            return self.fwd(x)
-        return self.norm(self.fwd(x) + self.bwd(x.flip(1)).flip(1))
+        return self.norm(self.fwd_mamba(x) + self.bwd_mamba(x.flip(1)).flip(1))
 
 
 OrderCache = dict[tuple[tuple[int, ...], torch.device], list[tuple[torch.Tensor, torch.Tensor]]]
 
 
 class GridMamba(nn.Module):
-    """Mamba over every voxel of a (B, C, D, H, W) map along one or more axis orders; returns the same shape.
+    """Mamba over every voxel of a (B, C, D, H, W) map; returns the same shape.
 
     Args:
         dim: channels C.
-        axis_orders: permutations of (0, 1, 2) naming which of (D, H, W) is scanned slowest to fastest; one
-            ``AxisScan`` each, outputs averaged.
-        bidirectional: add the reversed scan to each axis order.
+        axis_orders: ``None``: one scan in (D, H, W) order, held as ``mamba`` (SegMamba, BiSegMamba,
+            SegMambaSkip). A sequence of distinct permutations of (0, 1, 2) naming which of (D, H, W) is
+            scanned slowest to fastest: one scan each, held in ``mambas``, outputs averaged (MultiSegMamba).
+        bidirectional: each scan is a :class:`BiScan` instead of a :class:`ScanDirection`.
+        outer_norm: a LayerNorm (``norm``) on the tokens before the scan.
         scan_order: name from ``mambamim.nn.scan_orders.SCAN_ORDERS`` applied on each axis-permuted grid.
         seed: seed of the "shuffle" scan order.
         d_state, d_conv, expand: Mamba hyper-parameters (mamba-ssm names).
@@ -86,16 +83,17 @@ class GridMamba(nn.Module):
     def __init__(
         self,
         dim: int,
-        axis_orders: Sequence[Sequence[int]] = ((0, 1, 2),),
+        d_state: int,
+        axis_orders: Sequence[Sequence[int]] | None = None,
         bidirectional: bool = False,
+        outer_norm: bool = True,
         scan_order: str = "raster",
         seed: int = 0,
-        d_state: int = 16,
         d_conv: int = 4,
         expand: int = 2,
     ) -> None:
         super().__init__()
-        orders = tuple(tuple(order) for order in axis_orders)
+        orders = ((0, 1, 2),) if axis_orders is None else tuple(tuple(order) for order in axis_orders)
         if not orders or any(order not in AXIS_ORDERS for order in orders) or len(set(orders)) != len(orders):
             raise ValueError(f"axis_orders must be distinct permutations of (0, 1, 2), got {axis_orders!r}")
         if scan_order not in SCAN_ORDERS:
@@ -103,9 +101,19 @@ class GridMamba(nn.Module):
         self.axis_orders = orders
         self.scan_order = scan_order
         self.seed = seed
-        self.scans = nn.ModuleList(AxisScan(dim, bidirectional, d_state, d_conv, expand) for _ in orders)
+        if outer_norm:
+            self.norm = nn.LayerNorm(dim)
+        scan_cls = BiScan if bidirectional else ScanDirection
+        if axis_orders is None:
+            self.mamba = scan_cls(dim, d_state, d_conv, expand)
+        else:
+            self.mambas = nn.ModuleList(scan_cls(dim, d_state, d_conv, expand) for _ in orders)
         # token orders depend on the grid, known only at forward time; kept out of the state dict
         self._order_cache: OrderCache = {}
+
+    @property
+    def scans(self) -> list[nn.Module]:
+        return list(self.mambas) if hasattr(self, "mambas") else [self.mamba]
 
     def token_orders(
         self, grid: tuple[int, ...], device: torch.device
@@ -130,10 +138,13 @@ class GridMamba(nn.Module):
         batch, channels, *grid = x.shape
         # (B, N, C) in raster order; a view, not a copy, when x is channels-last
         tokens = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, channels)
+        if hasattr(self, "norm"):
+            tokens = self.norm(tokens)
         out = None
-        for scan, (perm, inverse) in zip(self.scans, self.token_orders(tuple(grid), x.device)):
+        scans = self.scans
+        for scan, (perm, inverse) in zip(scans, self.token_orders(tuple(grid), x.device)):
             y = scan(tokens[:, perm])[:, inverse]
             out = y if out is None else out + y
-        if len(self.scans) > 1:
-            out = out / len(self.scans)
+        if len(scans) > 1:
+            out = out / len(scans)
         return out.reshape(batch, *grid, channels).permute(0, 4, 1, 2, 3)

@@ -1,58 +1,18 @@
-"""SegMambaSkip (Taming-Mambas variant): Mamba layers in the skip connections instead of the main path.
+"""SegMambaSkip (Taming Mambas variant): Mamba layers in the skip connections instead of the main path.
 
-Lumetti et al., "Taming Mambas for Voxel Level 3D Medical Image Segmentation" (arXiv 2410.15496), §3: the
-encoder is a plain residual encoder; each stage's output is passed on unchanged to the next stage, while the
-copy sent to the decoder (the skip, and the bottleneck the decoder starts from) goes through a voxel-level
-Mamba layer first. The authors' code scans both directions there, so ``bidirectional`` defaults to True.
+Lumetti et al., "Taming Mambas for Voxel Level 3D Medical Image Segmentation" (arXiv 2410.15496), §3, as
+their ``SegMambaSkip``: the encoder is a plain residual encoder; each stage's output is passed on unchanged
+to the next stage, while the copy sent to the decoder (the skip, and the bottleneck the decoder starts
+from) goes through a bidirectional voxel-level Mamba layer first (outer LayerNorm, ``d_state = min(C, 256)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
-
-from mambamim.nn.taming.grid_mamba import GridMamba
-from mambamim.nn.taming.residual_unet import ResidualUNet
+from mambamim.nn.taming.bisegmamba import BiSegMamba
 
 
-class SegMambaSkip(ResidualUNet):
-    """Residual U-Net whose skip connections (and bottleneck output) pass through a Mamba layer.
+class SegMambaSkip(BiSegMamba):
+    """Residual U-Net whose skip connections (and bottleneck output) pass through a bidirectional Mamba
+    layer; arguments as :class:`~mambamim.nn.taming.segmamba.SegMamba`."""
 
-    Args:
-        in_channels: image channels.
-        out_channels: classes.
-        channels: encoder stage widths, full resolution first.
-        strides: downsampling into each stage after the first; inputs must be multiples of their product.
-        blocks_per_stage: residual blocks per encoder stage.
-        kernel_size: conv kernel size.
-        deep_supervision: train mode returns ``[full-res logits, 1/2, 1/4, ...]``; eval mode a tensor.
-        bidirectional: add a reversed scan to each skip's Mamba layer.
-        scan_order: token order within the stage grid (``mambamim.nn.scan_orders.SCAN_ORDERS``).
-        seed: seed of the "shuffle" scan order.
-        d_state, d_conv, expand: Mamba hyper-parameters.
-    """
-
-    size_multiple = 16
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        out_channels: int = 14,
-        channels: Sequence[int] = (32, 64, 128, 256, 320),
-        strides: Sequence[int] = (2, 2, 2, 2),
-        blocks_per_stage: Sequence[int] = (1, 3, 4, 6, 6),
-        kernel_size: int = 3,
-        deep_supervision: bool = False,
-        bidirectional: bool = True,
-        scan_order: str = "raster",
-        seed: int = 0,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-    ) -> None:
-        super().__init__(
-            in_channels, out_channels, channels, strides, blocks_per_stage, kernel_size, deep_supervision,
-            mamba_layer=partial(GridMamba, bidirectional=bidirectional, scan_order=scan_order, seed=seed,
-                                d_state=d_state, d_conv=d_conv, expand=expand),
-            mamba_in_skips=True,
-        )
+    mamba_in_skips = True
