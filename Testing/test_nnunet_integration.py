@@ -170,9 +170,10 @@ def test_nnunet_finds_our_trainers_through_the_documented_folder(tmp_path):
     printed = _run([sys.executable, "-m", "mambamim.nnunet", "path"], dict(os.environ)).strip()
     assert Path(printed) == trainers_path()
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
-            f"for n in {TRAINERS!r}:\n    print(find('nnUNetTrainer' + n).model_name)")  # fmt: skip
+            f"for n in {TRAINERS!r}:\n    print('MODEL', find('nnUNetTrainer' + n).model_name)")  # fmt: skip
     out = _run([sys.executable, "-c", code], _env(tmp_path))
-    assert out.split()[-5:] == ["hymamba", "segmamba", "bisegmamba", "multisegmamba", "segmambaskip"]
+    found = [line.split()[1] for line in out.splitlines() if line.startswith("MODEL ")]
+    assert found == ["hymamba", "segmamba", "bisegmamba", "multisegmamba", "segmambaskip"]
     env = _env(tmp_path)
     env.pop("nnUNet_extTrainer")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
