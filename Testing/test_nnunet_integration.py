@@ -180,6 +180,15 @@ def test_nnunet_finds_our_trainers_through_the_documented_folder(tmp_path):
     assert done.returncode != 0 and "nnUNet_extTrainer" in done.stderr
 
 
+def test_package_from_nnunet_refuses_a_folder_that_is_not_an_nnunet_model(tmp_path, capsys):
+    from mambamim.cli import main as cli_main
+
+    (tmp_path / "model").mkdir()
+    assert cli_main(["package", "--from-nnunet", str(tmp_path / "model"), "--out", str(tmp_path / "p")]) == 1
+    assert "plans.json not found" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
 def _write_dataset(data_dir: Path, raw: Path) -> Path:
     """Dataset991: 40³ crops of the sample CT (3 mm) around the liver and the spleen, labels 1 liver 2 spleen;
     a third crop as the image to predict."""
