@@ -35,7 +35,8 @@ TINY_HYMAMBA = {"channels": (4, 4, 8, 8, 12), "blocks": (0, 1, 1, 1, 1), "mamba_
 TRAINERS = ("HyMamba", "SegMamba", "BiSegMamba", "MultiSegMamba", "SegMambaSkip")
 
 # Tiny variants, found by nnU-Net in a user folder listed in nnUNet_extTrainer next to ours: one epoch of
-# one iteration; small networks (the Taming variants keep the plan's stages and strides, narrower).
+# one iteration, no mirroring (as nnU-Net's nnUNetTrainerNoMirroring); small networks (the Taming variants
+# keep the plan's stages and strides, narrower).
 TINY_TRAINERS = textwrap.dedent(
     """
     import torch
@@ -51,6 +52,12 @@ TINY_TRAINERS = textwrap.dedent(
                 self.num_epochs = 1
                 self.num_iterations_per_epoch = 1
                 self.num_val_iterations_per_epoch = 1
+
+            def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+                configure = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size
+                rotation, dummy_2d, initial_patch, _ = configure()
+                self.inference_allowed_mirroring_axes = None  # validation without mirroring: 8x fewer passes
+                return rotation, dummy_2d, initial_patch, None
 
             @classmethod
             def network_spec(cls, *args):
@@ -242,9 +249,9 @@ def test_nnunet_plans_trains_predicts_and_packages_every_trainer(tmp_path, data_
     ext = tmp_path / "ext"
     ext.mkdir()
     (ext / "tiny_trainers.py").write_text(TINY_TRAINERS)
-    env = _env(tmp_path, ext)
+    env = _env(tmp_path, ext)  # nnUNet_n_proc_DA=0: augmentation in the training process (planning needs 1)
     _run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "3d_fullres", "-np", "1",
-          "-npfp", "1", "--verify_dataset_integrity"], env)  # fmt: skip
+          "-npfp", "1", "--verify_dataset_integrity"], dict(env, nnUNet_n_proc_DA="1"))  # fmt: skip
     plans = json.loads((tmp_path / "preprocessed" / folder.name / "nnUNetPlans.json").read_text())
     planned_patch = plans["configurations"]["3d_fullres"]["patch_size"]
 
