@@ -132,6 +132,19 @@ class MambaMIMTrainer(nnUNetTrainer):
 
             load_pretrained(_bare(self.network), Path(encoder), self.print_to_log_file)
 
+    def validation_step(self, batch: dict) -> dict:
+        """nnU-Net's validation loss takes every deep-supervision output; our Taming networks give them in
+        train mode only. No layer of theirs behaves differently in train mode (instance norms without
+        running statistics, no dropout), so validate in train mode there (under nnU-Net's no_grad)."""
+        network = _bare(self.network)
+        if not (self.enable_deep_supervision and getattr(network, "deep_supervision", False)):
+            return super().validation_step(batch)
+        network.train()
+        try:
+            return super().validation_step(batch)
+        finally:
+            network.eval()
+
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         network = _bare(self.network)
         if hasattr(network, "deep_supervision"):
