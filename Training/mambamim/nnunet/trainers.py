@@ -12,8 +12,8 @@ Subclass to change the network or the schedule, e.g. a narrower HyMamba for 100 
     class nnUNetTrainerHyMambaSmall_100epochs(nnUNetTrainerHyMamba):
         network_config = {"channels": (16, 32, 64, 96, 192)}
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+            super().__init__(plans, configuration, fold, dataset_json, device)  # nnU-Net saves these names
             self.num_epochs = 100
 
 Starting from a MambaMIM encoder: set ``MAMBAMIM_PRETRAINED_ENCODER=/path/encoder.safetensors`` for
