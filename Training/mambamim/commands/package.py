@@ -1,17 +1,25 @@
-"""`mambamim package`: build a model package (weights + model card) from a fine-tuning checkpoint."""
+"""`mambamim package`: build a model package (weights + model card) from a fine-tuning checkpoint, or
+from an nnU-Net v2 model folder trained with one of our trainers (``--from-nnunet``, extra ``[nnunet]``)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "build a model package (weights.safetensors + model.json) from a fine-tuning checkpoint"
+HELP = "build a model package (weights.safetensors + model.json) from a fine-tuning checkpoint or nnU-Net"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint", type=Path, required=True, help="fine-tuning checkpoint (mambamim-finetune)"
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="fine-tuning checkpoint (mambamim-finetune)")
+    source.add_argument(
+        "--from-nnunet",
+        type=Path,
+        metavar="RESULTS_FOLDER",
+        help="nnU-Net v2 model folder (nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIG) of a MambaMIM "
+        "trainer; one fold becomes the package (--fold). Card fields come from its plans and dataset.json",
     )
+    parser.add_argument("--fold", default=None, help="with --from-nnunet: the fold (default: the first)")
     parser.add_argument("--out", type=Path, required=True, help="package folder to create")
     parser.add_argument(
         "--labels",
@@ -69,12 +77,28 @@ def run(args: argparse.Namespace) -> int:
     from mambamim.infer.package import PackageError
 
     try:
-        path = _build(args)
+        path = _from_nnunet(args) if args.from_nnunet is not None else _build(args)
+    except ImportError as err:
+        print(f"error: --from-nnunet needs nnU-Net v2 (extra [nnunet]): {err}", file=sys.stderr)
+        return 1
     except (ValueError, OSError, PackageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote model package {path}")
     return 0
+
+
+def _from_nnunet(args: argparse.Namespace) -> Path:
+    from mambamim.infer.package import write_zip
+    from mambamim.nnunet.package import package_from_nnunet
+
+    path = package_from_nnunet(
+        args.from_nnunet, args.out, fold=args.fold, name=args.name, version=args.version,
+        license=args.license or "unspecified", overwrite=args.overwrite,
+    )  # fmt: skip
+    if args.zip:
+        write_zip(path, path.with_name(path.name + ".zip"), overwrite=args.overwrite)
+    return path
 
 
 def _build(args: argparse.Namespace) -> Path:

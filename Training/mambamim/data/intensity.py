@@ -6,6 +6,9 @@ at training and at inference time:
 - ``{"type": "window", "lower": -175.0, "upper": 250.0}``: clip to [lower, upper], scale to [0, 1]
   (the MambaMIM / Swin UNETR CT recipe).
 - ``{"type": "zscore"}``: per-volume z-score over voxels != 0 (MRI; background stays 0).
+- ``{"type": "clip_zscore", "lower", "upper", "mean", "std"}``: clip to [lower, upper], then subtract
+  ``mean`` and divide by ``std``, all fixed numbers (nnU-Net v2's ``CTNormalization``, with the dataset's
+  foreground percentiles 0.5 / 99.5, mean and std from its plans).
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ def validate_intensity_spec(spec: dict[str, Any]) -> dict[str, Any]:
         return {"type": "window", "lower": lower, "upper": upper}
     if kind == "zscore":
         return {"type": "zscore"}
-    raise ValueError(f"unknown intensity spec type {kind!r}; valid types: 'window', 'zscore'")
+    if kind == "clip_zscore":
+        try:
+            values = {key: float(spec[key]) for key in ("lower", "upper", "mean", "std")}
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"clip_zscore needs numeric lower, upper, mean, std; got {spec!r}") from None
+        if not values["upper"] > values["lower"] or not values["std"] > 0:
+            raise ValueError(f"clip_zscore spec needs upper > lower and std > 0, got {spec!r}")
+        return {"type": "clip_zscore", **values}
+    raise ValueError(f"unknown intensity spec type {kind!r}; valid types: 'window', 'zscore', 'clip_zscore'")
 
 
 def normalize_intensity(volume: np.ndarray | torch.Tensor, spec: dict[str, Any]) -> np.ndarray | torch.Tensor:
@@ -45,6 +56,8 @@ def normalize_intensity(volume: np.ndarray | torch.Tensor, spec: dict[str, Any])
     if spec["type"] == "window":
         lower, upper = spec["lower"], spec["upper"]
         out = (x.clamp(lower, upper) - lower) / (upper - lower)
+    elif spec["type"] == "clip_zscore":
+        out = (x.clamp(spec["lower"], spec["upper"]) - spec["mean"]) / spec["std"]
     else:
         foreground = x != 0
         values = x[foreground] if bool(foreground.any()) else x.reshape(-1)

@@ -10,6 +10,7 @@ Arrays follow MONAI's convention: channel first, then the image index axes (i, j
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -89,13 +90,20 @@ class NormalizeIntensityd(MapTransform):
 
 def foreground_fn(spec: dict[str, Any]):
     """Body mask after normalisation: above the window floor (CT) or non-zero (z-scored MRI)."""
-    if validate_intensity_spec(spec)["type"] == "window":
+    spec = validate_intensity_spec(spec)
+    if spec["type"] == "window":
         return _above_zero
+    if spec["type"] == "clip_zscore":
+        return functools.partial(_above, (spec["lower"] - spec["mean"]) / spec["std"])
     return _nonzero
 
 
 def _above_zero(x):
     return x > 0
+
+
+def _above(floor: float, x):
+    return x > floor
 
 
 def _nonzero(x):

@@ -20,6 +20,7 @@ MODELS: dict[str, str] = {
     "segmambaskip": "taming:SegMambaSkip",
     "unetr": "baselines:UNETRBaseline",
     "swin_unetr": "baselines:SwinUNETRBaseline",
+    "permuted_axes": "axis_order:PermutedAxes",  # nnU-Net-trained networks (arrays [z, y, x])
 }
 
 
