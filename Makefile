@@ -14,7 +14,7 @@ VENV312 ?= .venv312
 # Mesa's software driver; installed when missing (Debian packages, as root).
 EGL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
 
-.PHONY: venv venv312 egl demo test test312 lint bench clean web-venv web test-web chromium gpu-wheels gpu-check
+.PHONY: venv venv312 egl demo test test312 lint bench clean web-venv web test-web chromium gpu-wheels gpu-check triton-site
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,10 +62,16 @@ egl:
 			echo "EGL/Mesa packages missing ($(EGL_PACKAGES)): the rendering tests will be skipped"; \
 		fi; }
 
+# Triton for the interpreter test's child process only (Testing/test_selective_scan_triton.py): installed in
+# the test venv, torch would import it in every process, and its LLVM crashes beside Mesa's (rendering tests).
+TRITON_SITE ?= .triton-site
+triton-site: venv
+	@[ -d $(TRITON_SITE)/triton ] || $(BIN)/python -m pip install -q --no-deps --target $(TRITON_SITE) "triton>=3.0"
+
 # One intra-op thread per process: the suite runs many tiny models and child processes at once, where
 # OpenMP threads only wait on each other (the whole suite is several times faster this way).
-test: venv lint egl
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
+test: venv lint egl triton-site
+	MAMBAMIM_TRITON_SITE=$(abspath $(TRITON_SITE)) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 	$(MAKE) test312
 	$(MAKE) test-web
 
@@ -118,4 +124,4 @@ gpu-check:
 	bash Testing/gpu/check.sh
 
 clean:
-	rm -rf $(VENV) $(VENV312) $(WEB_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV312) $(WEB_VENV) $(TRITON_SITE) .pytest_cache .ruff_cache

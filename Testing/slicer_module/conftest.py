@@ -87,6 +87,17 @@ def app() -> HeadlessSlicer:
     return HeadlessSlicer()
 
 
+@pytest.fixture
+def logic(app, tmp_path):
+    """The module's logic on the real registry, with its own model cache and temporary folder."""
+    from MambaMIMSegmenterLib import MambaMIMSegmenterLogic, ModelRegistry
+
+    registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
+    return MambaMIMSegmenterLogic(
+        scene=app.scene, registry=registry, python=ENGINE_PYTHON, tempRoot=tmp_path / "tmp"
+    )
+
+
 def ijkToRasOf(node) -> np.ndarray:
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)

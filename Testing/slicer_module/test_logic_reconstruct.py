@@ -7,18 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer
-from conftest import ENGINE_PYTHON, ijkToRasOf, volumeArray
-from MambaMIMSegmenterLib import EngineCancelled, InputError, MambaMIMSegmenterLogic, ModelRegistry
+from conftest import ijkToRasOf, volumeArray
+from MambaMIMSegmenterLib import EngineCancelled, InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture
-def logic(app, tmp_path):
-    registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
-    return MambaMIMSegmenterLogic(
-        scene=app.scene, registry=registry, python=ENGINE_PYTHON, tempRoot=tmp_path / "tmp"
-    )
 
 
 def test_reconstruction_creates_both_volumes_on_the_input_grid(

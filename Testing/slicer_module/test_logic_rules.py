@@ -7,20 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ENGINE_PYTHON
-from MambaMIMSegmenterLib import InputError, MambaMIMSegmenterLogic, ModelRegistry
+from MambaMIMSegmenterLib import InputError
 from MambaMIMSegmenterLib.logic import OverlapChoice
 from MambaMIMSegmenterLib.runner import EngineError, pythonExecutable
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture
-def logic(app, tmp_path):
-    registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
-    return MambaMIMSegmenterLogic(
-        scene=app.scene, registry=registry, python=ENGINE_PYTHON, tempRoot=tmp_path / "tmp"
-    )
 
 
 def test_modality_uses_the_engine_rule_and_the_engine_checks_again(

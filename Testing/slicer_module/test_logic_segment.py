@@ -24,13 +24,6 @@ from MambaMIMSegmenterLib.registry import readCard
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def logic(app, tmp_path):
-    registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
-    return MambaMIMSegmenterLogic(
-        scene=app.scene, registry=registry, python=ENGINE_PYTHON, tempRoot=tmp_path / "tmp"
-    )
-
 
 def _segments(segmentationNode) -> list:
     segmentation = segmentationNode.GetSegmentation()

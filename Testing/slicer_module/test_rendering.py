@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer
-from conftest import ENGINE_PYTHON, ijkToRasOf, segmentArray, volumeArray
-from MambaMIMSegmenterLib import MambaMIMSegmenterLogic, ModelRegistry
+from conftest import ijkToRasOf, segmentArray, volumeArray
 from MambaMIMSegmenterLib.results import COMPARISON_VIEWS, showSegmentation3D, showVolumeInSliceViews
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,12 +39,6 @@ def _egl_available() -> bool:
 if not _egl_available():
     pytest.skip("no offscreen EGL rendering here (make egl installs Mesa's EGL)", allow_module_level=True)
 import offscreen_views as offscreen  # noqa: E402
-
-
-@pytest.fixture
-def logic(app, tmp_path):
-    registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
-    return MambaMIMSegmenterLogic(scene=app.scene, registry=registry, python=ENGINE_PYTHON, tempRoot=tmp_path)
 
 
 def _eroded(mask: np.ndarray, pixels: int = 2) -> np.ndarray:
