@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ijkToRasOf, volumeArray
 from MambaMIMSegmenterLib import InputError
 from MambaMIMSegmenterLib.logic import OverlapChoice
 from MambaMIMSegmenterLib.runner import EngineError, pythonExecutable
 
 ROOT = Path(__file__).resolve().parents[2]
-
 
 
 def test_modality_uses_the_engine_rule_and_the_engine_checks_again(
@@ -61,8 +61,6 @@ def test_engine_refuses_a_declared_other_modality():
 
 
 def test_a_new_volume_gets_a_new_segmentation(app, logic, small_ct_node, model_package):
-    from conftest import volumeArray
-
     first = logic.segment(small_ct_node, model_package, "cpu", fast=True)
     other = app.addVolumeFromArray(volumeArray(small_ct_node).copy(), _ijk(small_ct_node), "other ct")
     second = logic.segment(other, model_package, "cpu", fast=True)
@@ -75,8 +73,6 @@ def test_a_new_volume_gets_a_new_segmentation(app, logic, small_ct_node, model_p
 
 
 def _ijk(node):
-    from conftest import ijkToRasOf
-
     return ijkToRasOf(node)
 
 
