@@ -68,22 +68,15 @@ def run_segment(argv: list[str]) -> int:
     return command.run(parser.parse_args(argv))
 
 
+def segment_args(pkg: Path, source: Path, out_dir: Path, *extra: str) -> list[str]:
+    """``mambamim segment``'s arguments for ``source`` into ``out_dir``, quietly, on the CPU."""
+    output = str(out_dir / "labels.nii.gz")
+    return ["--model", str(pkg), "--input", str(source), "--output", output, "--progress", "none",
+            "--device", "cpu", *extra]  # fmt: skip
+
+
 def segment(pkg: Path, source: Path, out_dir: Path, *extra: str) -> int:
-    return run_segment(
-        [
-            "--model",
-            str(pkg),
-            "--input",
-            str(source),
-            "--output",
-            str(out_dir / "labels.nii.gz"),
-            "--progress",
-            "none",
-            "--device",
-            "cpu",
-            *extra,
-        ]
-    )
+    return run_segment(segment_args(pkg, source, out_dir, *extra))
 
 
 def assert_refused(code: int, capsys, out_dir: Path, staging: Path, *words: str) -> str:
@@ -222,16 +215,7 @@ def test_impossible_header_refused_without_allocating(name, problem, sample_ct, 
             "-m",
             "mambamim",
             "segment",
-            "--model",
-            str(DEMO),
-            "--input",
-            str(target),
-            "--output",
-            str(out_dir / "labels.nii.gz"),
-            "--progress",
-            "none",
-            "--device",
-            "cpu",
+            *segment_args(DEMO, target, out_dir),
         ],
         capture_output=True,
         text=True,
@@ -427,19 +411,7 @@ def test_sigkill_during_write_leaves_nothing_beside_the_output(sample_ct, pkg, o
     staging = tmp_path / "killed-tmp"
     staging.mkdir()
     marker = tmp_path / "written"
-    argv = [
-        "segment",
-        "--model",
-        str(pkg),
-        "--input",
-        str(sample_ct),
-        "--output",
-        str(out_dir / "labels.nii.gz"),
-        "--progress",
-        "none",
-        "--device",
-        "cpu",
-    ]
+    argv = ["segment", *segment_args(pkg, sample_ct, out_dir)]
     script = KILL_WHILE_WRITING.format(testing=str(ROOT / "Testing"), marker=str(marker), argv=argv)
     process = subprocess.Popen(
         [sys.executable, "-c", script],

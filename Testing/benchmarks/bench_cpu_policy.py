@@ -24,7 +24,6 @@ import copy
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -116,11 +115,10 @@ def main() -> int:
             meets = r["meets_threshold"]
             print(f"  min agreement {r['agreement_min']}; meets {AGREEMENT_THRESHOLD}: {meets}")
     if args.out:
+        from bench_meta import environment_meta  # beside this script
+
         meta = {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "cpu_threads": torch.get_num_threads(),
+            **environment_meta(),
             "spacing_mm": args.spacing,
             "input": os.path.relpath(args.input, ROOT),  # no absolute paths of this machine in the JSON
             "threshold": AGREEMENT_THRESHOLD,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -170,11 +169,10 @@ def main() -> int:
             f"{r['estimate_mb'].get('cpu', 0):>11.0f}"
         )
     if args.out:
+        from bench_meta import environment_meta  # beside this script
+
         meta = {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "cpu_threads": torch.get_num_threads(),
+            **environment_meta(),
             "spacing_mm": spacing,
             "roi": 96,
             "overlap": 0.5,
