@@ -355,7 +355,7 @@ def _slicer_readable(path: Path, tmp: Path) -> Path:
     elif path.is_file() and scan_suffix(path.name) not in SCAN_SUFFIXES:
         raise LoadError(f"{path.name}: unsupported file type (use {', '.join(SCAN_SUFFIXES)})")
     import SimpleITK as sitk
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
 
     try:
         image = read_image(_series_folder(source) if source.is_dir() else source)

@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from infer_helpers import make_threshold_package, register_threshold_model
+from mambamim.data.imageio import read_image, write_image
 from mambamim.infer import package as package_module
 from mambamim.infer import segment as segment_module
 from mambamim.infer.batch import find_cases
-from mambamim.infer.io import read_image, write_image
 from mambamim.infer.package import CARD_FILE, WEIGHTS_FILE, write_zip
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -46,7 +46,7 @@ def test_two_gloo_processes_keep_identical_parameters(tmp_path, sample_ct):
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"
     # The run really trained (2 steps) and rank 0 alone wrote the checkpoint.
-    from mambamim.engine.checkpoint import load_checkpoint
+    from mambamim.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt", expected_format="mambamim-pretrain")
     assert checkpoint["step"] == 2 and checkpoint["world_size"] == 2

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from infer_helpers import dice, expected_labels, make_threshold_package, register_threshold_model
-from mambamim.infer.io import read_image, write_image
+from mambamim.data.imageio import read_image, write_image
 from mambamim.infer.package import load_package
 from mambamim.infer.preprocess import from_model_space, to_model_space
 from mambamim.infer.segment import segment_file, segment_image

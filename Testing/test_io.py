@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from mambamim.infer.io import ImageReadError, read_image, write_image
+from mambamim.data.imageio import ImageReadError, read_image, write_image
 
 
 def test_mgz_geometry_matches_nibabel(data_dir):

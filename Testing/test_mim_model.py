@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mambamim.engine.checkpoint import save_checkpoint
+from mambamim.checkpoint import save_checkpoint
 from mambamim.mim.masking import random_token_mask
 from mambamim.mim.model import MambaMIM
 from mambamim.nn.registry import build_model

@@ -158,8 +158,8 @@ def test_parse_labels_accepts_records_with_snomed():
 
 
 def test_package_command_from_finetune_checkpoint(tmp_path, tiny_state, data_dir):
+    from mambamim.checkpoint import save_checkpoint
     from mambamim.commands import package as command
-    from mambamim.engine.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(
         tmp_path / "best.pt",
@@ -191,7 +191,8 @@ def test_package_command_from_finetune_checkpoint(tmp_path, tiny_state, data_dir
     )
     # Labels beyond the network's 3 outputs: a clear error, nothing written.
     (tmp_path / "l.json").write_text(labels.read_text())
-    assert command.run(args) == 1
+    with pytest.raises(PackageError, match="label value 13 needs at least 14 output channels"):
+        command.run(args)
     assert not (tmp_path / "demo").exists()
     (tmp_path / "l.json").write_text(json.dumps({"1": "spleen", "2": "kidney_right"}))
     assert command.run(args) == 0

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 import torch
+from mambamim.checkpoint import load_checkpoint
 from mambamim.engine import monitor as monitor_module
-from mambamim.engine.checkpoint import load_checkpoint
 from mambamim.engine.pretrain import make_config, run_pretrain
 
 TINY = {"num_samples": 1, "batch": 1, "spacing": [3.0, 3.0, 3.0]}
@@ -59,7 +59,7 @@ def test_resume_after_interrupt_reproduces_the_uninterrupted_run(tmp_path, sampl
 
 
 def test_encoder_export_loads_into_hymamba_and_bad_inputs_are_clear(tmp_path, sample_ct):
-    from mambamim.engine.checkpoint import CheckpointError
+    from mambamim.checkpoint import CheckpointError
     from mambamim.engine.pretrain import PRESETS
     from mambamim.nn import build_model
     from mambamim.nn.state_dict import load_partial_state_dict

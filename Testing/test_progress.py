@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from infer_helpers import make_threshold_package, register_threshold_model
-from mambamim.infer.io import read_image, write_image
+from mambamim.data.imageio import read_image, write_image
 from mambamim.infer.progress import (
     Cancelled,
     CancelToken,

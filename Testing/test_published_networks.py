@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from mambamim.cli import main as cli_main
+from mambamim.infer.convert import ConversionError, build_for, convert_checkpoint
 from mambamim.nn import build_model
-from mambamim.nn.convert import ConversionError, build_for, convert_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
 TOLERANCE = 1e-4
@@ -76,7 +76,7 @@ def test_published_default_hymamba_key_list_converts_completely():
     if not path.is_file():
         pytest.skip(f"reference fixture {path} not available")
     shapes = json.loads(path.read_text())["default"]["state_dict"]
-    from mambamim.nn.convert import check_fit, convert_mambamim
+    from mambamim.infer.convert import check_fit, convert_mambamim
 
     conversion = convert_mambamim({k: torch.zeros(v) for k, v in shapes.items()})
     assert conversion.config["channels"] == [32, 64, 128, 192, 384]
@@ -255,7 +255,7 @@ def test_taming_nnunet_checkpoints_reproduce_the_authors_outputs(network, tmp_pa
 
 def test_taming_variant_without_trainer_name_needs_naming():
     data = fixture("taming_segmambaskip_tiny.safetensors")
-    from mambamim.nn.convert import convert_taming
+    from mambamim.infer.convert import convert_taming
 
     state = authors_state(data)
     assert convert_taming(state).model == "bisegmamba"  # same parameters: the weights cannot tell

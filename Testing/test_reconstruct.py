@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from mambamim.checkpoint import save_checkpoint
 from mambamim.commands import reconstruct as command
-from mambamim.engine.checkpoint import save_checkpoint
+from mambamim.infer.reconstruct import output_paths, reconstruct_file
 from mambamim.mim.model import MambaMIM
-from mambamim.mim.reconstruct import output_paths, reconstruct_file
 
 TINY = {"channels": [4, 6, 8, 8, 12], "blocks": [1, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
         "mamba_depth": 1, "d_state": 4}  # fmt: skip

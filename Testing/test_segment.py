@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from infer_helpers import ThresholdNet, expected_labels, make_threshold_package, register_threshold_model
-from mambamim.infer.io import read_image, write_image
+from mambamim.data.imageio import read_image, write_image
 from mambamim.infer.package import load_package
 from mambamim.infer.progress import Cancelled, CancelToken
 from mambamim.infer.segment import segment_file, segment_image

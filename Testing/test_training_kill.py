@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mambamim.engine.checkpoint import load_checkpoint
+from mambamim.checkpoint import load_checkpoint
 
 SCRIPT = Path(__file__).resolve().parents[1] / "Training" / "pretrain.py"
 RUN_FILES = {"last.pt", "config.json", "train_log.csv", "epochs.csv", "encoder.safetensors", "tensorboard"}

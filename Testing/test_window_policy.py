@@ -73,7 +73,7 @@ def test_fixed_size_networks_and_auto_keep_the_card():
 
 def test_segment_with_large_windows_matches_card_for_a_voxelwise_model(tmp_path, monkeypatch, sample_ct):
     """ThresholdNet is voxel-wise: window size and overlap cannot change its labels, only the run."""
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
     from mambamim.infer.package import load_package
     from mambamim.infer.segment import segment_image
 

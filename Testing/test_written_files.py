@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from infer_helpers import make_threshold_package, register_threshold_model
+from mambamim.checkpoint import save_checkpoint
 from mambamim.commands import reconstruct as reconstruct_command
-from mambamim.engine.checkpoint import save_checkpoint
+from mambamim.data.imageio import write_csv
 from mambamim.engine.pretrain import make_config, run_pretrain
-from mambamim.infer.io import write_csv
 from mambamim.infer.package import write_zip
+from mambamim.infer.reconstruct import reconstruct_file
 from mambamim.infer.segment import segment_file
 from mambamim.mim.model import MambaMIM
-from mambamim.mim.reconstruct import reconstruct_file
 
 TINY = {"channels": [4, 6, 8, 8, 12], "blocks": [1, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
         "mamba_depth": 1, "d_state": 4}  # fmt: skip

@@ -92,7 +92,7 @@ def main() -> int:
 
     use_huge_pages()  # as the `mambamim` command line does, before torch is imported
     import torch
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -470,7 +470,7 @@ def pretrain_timings(device, size: int, batches, repeats: int, report: Report) -
 
 
 def sample_image(args):
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
 
     path = next((p for p in (PREPARED_SAMPLE, SAMPLE) if p.exists()), None)
     if path is None:

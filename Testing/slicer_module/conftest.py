@@ -196,7 +196,7 @@ def mim_checkpoint(tmp_path_factory) -> Path:
     if shipped:
         return shipped[0]
     import torch
-    from mambamim.engine.checkpoint import save_checkpoint
+    from mambamim.checkpoint import save_checkpoint
     from mambamim.mim.model import MambaMIM
 
     torch.manual_seed(0)

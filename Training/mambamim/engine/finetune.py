@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from monai.data import list_data_collate
 from torch import nn
 
+from mambamim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mambamim.data.dataset import EpochSampler, VolumeDataset
 from mambamim.data.intensity import CT_WINDOW, validate_intensity_spec
 from mambamim.data.sources import has_list, kfold_split, load_dataset_json, load_label_table, paired_folders
 from mambamim.data.transforms import finetune_transforms, validation_transforms
-from mambamim.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mambamim.engine.distributed import (
     DistributedContext,
     init_distributed,
@@ -44,6 +44,7 @@ from mambamim.engine.setup import (
     stderr_report,
     write_json_atomic,
 )
+from mambamim.errors import InvalidInput
 
 FINETUNE_FORMAT = "mambamim-finetune"
 FORMAT_VERSION = 1
@@ -104,20 +105,23 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         if not self.data:
-            raise ValueError("no training data given (a dataset.json, or an image folder with --labels-dir)")
+            raise InvalidInput(
+                "no training data given (a dataset.json, or an image folder with "
+                "--labels-dir)"
+            )
         check_checkpoint_every(self.checkpoint_every)
         if self.epochs < 1 or self.lr <= 0 or self.val_every < 1:
-            raise ValueError("--epochs and --val-every must be >= 1 and --lr > 0")
+            raise InvalidInput("--epochs and --val-every must be >= 1 and --lr > 0")
         if self.roi < 1 or len(self.spacing) != 3 or min(self.spacing) <= 0:
-            raise ValueError(f"bad --crop-size {self.roi} or --spacing {self.spacing}")
+            raise InvalidInput(f"bad --crop-size {self.roi} or --spacing {self.spacing}")
         if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
+            raise InvalidInput(f"--overlap must be in [0, 1), got {self.overlap}")
         if self.modality not in ("CT", "MR"):
-            raise ValueError(f"--modality must be CT or MR, got {self.modality!r}")
+            raise InvalidInput(f"--modality must be CT or MR, got {self.modality!r}")
         if self.split not in ("auto", "kfold"):
-            raise ValueError(f"--split must be auto or kfold, got {self.split!r}")
+            raise InvalidInput(f"--split must be auto or kfold, got {self.split!r}")
         if self.freeze_encoder_epochs < 0 or self.freeze_encoder_epochs >= self.epochs:
-            raise ValueError(f"--freeze-encoder-epochs must be in [0, {self.epochs - 1}]")
+            raise InvalidInput(f"--freeze-encoder-epochs must be in [0, {self.epochs - 1}]")
         self.intensity = validate_intensity_spec(self.intensity)
         crops_per_volume_check(self.batch, self.num_samples)
 
@@ -147,7 +151,10 @@ def dataset_split(config: FinetuneConfig) -> tuple[list[dict], list[dict], str]:
     elif config.labels_dir:
         items = paired_folders(config.data, config.labels_dir)
     else:
-        raise ValueError(f"{config.data}: give a dataset.json, or an image folder together with --labels-dir")
+        raise InvalidInput(
+            f"{config.data}: give a dataset.json, or an image folder together with "
+            "--labels-dir"
+        )
     train, val = kfold_split(items, config.folds, config.fold, seed=0)
     how = f"fold {config.fold} of a {config.folds}-fold split (seed 0)"
     if len(items) == 1:
@@ -158,7 +165,7 @@ def dataset_split(config: FinetuneConfig) -> tuple[list[dict], list[dict], str]:
 def label_table(config: FinetuneConfig) -> list[dict[str, Any]]:
     source = config.label_names or (config.data if config.data.lower().endswith(".json") else "")
     if not source:
-        raise ValueError('--label-names is required with image/label folders (a JSON {"1": "spleen", ...})')
+        raise InvalidInput('--label-names is required with image/label folders (a JSON {"1": "spleen", ...})')
     return load_label_table(source)
 
 
@@ -205,7 +212,7 @@ def load_pretrained(model: nn.Module, path: Path, report) -> None:
         what = "encoder keys (encoder.*)" if has_encoder else "keys"
         authors = any(k.startswith(("embeddings.", "sparse_encoder.", "mae.")) for k in weights)
         hint = "; it holds the MambaMIM authors' names: convert it first (mambamim convert --from mambamim)"
-        raise ValueError(
+        raise InvalidInput(
             f"--pretrained {path}: no {what} match this model; is it a MambaMIM encoder for this "
             f"architecture and size? ({len(result.unexpected)} unexpected, "
             f"{len(result.shape_mismatched)} shape-mismatched){hint if authors else ''}"
@@ -271,7 +278,7 @@ def _param_groups(model: nn.Module, freeze: bool) -> dict[str, list[tuple[str, n
         return {"all": named}
     encoder = [(n, p) for n, p in named if n.startswith("encoder.")]
     if not encoder:
-        raise ValueError("--freeze-encoder-epochs needs a model with an 'encoder' submodule")
+        raise InvalidInput("--freeze-encoder-epochs needs a model with an 'encoder' submodule")
     return {"encoder": encoder, "rest": [(n, p) for n, p in named if not n.startswith("encoder.")]}
 
 

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mambamim.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from mambamim.data.dataset import EpochSampler
-from mambamim.engine.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from mambamim.engine.distributed import DistributedContext, any_rank, barrier, unwrap_model
 from mambamim.engine.interrupt import GracefulInterrupt
 from mambamim.engine.monitor import TrainingMonitor

@@ -34,9 +34,10 @@ from mambamim.engine.setup import (
     stderr_report,
     write_json_atomic,
 )
+from mambamim.errors import InvalidInput
+from mambamim.mim.model import PRETRAIN_FORMAT, MambaMIM
 from mambamim.safe_write import safe_write
 
-PRETRAIN_FORMAT = "mambamim-pretrain"
 FORMAT_VERSION = 1
 
 # Presets override only what they must; the MambaMIM / HyMamba constructors hold the architecture defaults.
@@ -99,16 +100,16 @@ class PretrainConfig:
 
     def validate(self) -> None:
         if not self.data:
-            raise ValueError("no training data given (a scan folder, a scan file or a dataset.json)")
+            raise InvalidInput("no training data given (a scan folder, a scan file or a dataset.json)")
         check_checkpoint_every(self.checkpoint_every)
         if self.epochs < 1 or self.lr <= 0:
-            raise ValueError(f"--epochs must be >= 1 and --lr > 0, got {self.epochs} and {self.lr}")
+            raise InvalidInput(f"--epochs must be >= 1 and --lr > 0, got {self.epochs} and {self.lr}")
         if self.roi < 16 or self.roi % 16:
-            raise ValueError(
+            raise InvalidInput(
                 f"--crop-size must be a positive multiple of 16 (the encoder's stride), got {self.roi}"
             )
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
-            raise ValueError(f"--spacing must be 3 positive numbers (mm), got {self.spacing}")
+            raise InvalidInput(f"--spacing must be 3 positive numbers (mm), got {self.spacing}")
         self.intensity = validate_intensity_spec(self.intensity)
         crops_per_volume_check(self.batch, self.num_samples)
 
@@ -147,7 +148,6 @@ def run_pretrain(
     show_bar: bool = True,
 ) -> PretrainResult:
     """Pre-train MambaMIM as ``config`` says (``resume``: a checkpoint path or "auto" = output/last.pt)."""
-    from mambamim.mim.model import MambaMIM
 
     output_dir = Path(output_dir)
     ctx = init_distributed(device)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from mambamim.infer.io import READ_SUFFIXES, image_suffix, is_dicom_folder, write_csv
+from mambamim.data.imageio import READ_SUFFIXES, image_suffix, is_dicom_folder, write_csv
+from mambamim.errors import InvalidInput
 from mambamim.infer.package import LoadedPackage, load_package
 from mambamim.infer.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent
 from mambamim.infer.segment import segment_file
@@ -37,9 +38,9 @@ def find_cases(
     """The cases of ``input_dir`` with their output paths in ``output_dir``."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
-        raise ValueError(f"input folder {input_dir} does not exist or is not a folder")
+        raise InvalidInput(f"input folder {input_dir} does not exist or is not a folder")
     if output_dir.resolve() == input_dir.resolve():
-        raise ValueError(f"output folder {output_dir} must differ from the input folder")
+        raise InvalidInput(f"output folder {output_dir} must differ from the input folder")
     cases = []
     for entry in sorted(input_dir.iterdir()):
         suffix = image_suffix(entry)
@@ -51,7 +52,7 @@ def find_cases(
             continue
         cases.append(BatchCase(name, entry, output_dir / f"{name}_seg.{fmt}"))
     if not cases:
-        raise ValueError(
+        raise InvalidInput(
             f"input folder {input_dir} holds no readable volumes "
             f"({', '.join(READ_SUFFIXES)} or DICOM folders)"
         )

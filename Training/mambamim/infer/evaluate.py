@@ -20,7 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from mambamim.infer.io import READ_SUFFIXES, image_suffix, is_dicom_folder, read_image, write_csv
+from mambamim.data.imageio import READ_SUFFIXES, image_suffix, is_dicom_folder, read_image, write_csv
+from mambamim.errors import InvalidInput
 
 CSV_FIELDS = ("case", "value", "name", "status", "dice", "hd95_mm", "ref_voxels", "pred_voxels")
 _GEOMETRY_TOLERANCE = 1e-4  # mm / direction cosine: float32 NIfTI headers round at ~1e-6
@@ -132,7 +133,7 @@ def pair_cases(pred: Union[str, Path], ref: Union[str, Path]) -> list[tuple[str,
     if not (pred.is_dir() and not is_dicom_folder(pred)) and not (ref.is_dir() and not is_dicom_folder(ref)):
         return [(_case_name(ref), pred, ref)]
     if not (pred.is_dir() and ref.is_dir()):
-        raise ValueError(f"--pred {pred} and --ref {ref} must both be files or both be folders")
+        raise InvalidInput(f"--pred {pred} and --ref {ref} must both be files or both be folders")
     preds = {_case_name(p): p for p in _label_files(pred)}
     pairs, missing = [], []
     for ref_path in _label_files(ref):
@@ -143,9 +144,9 @@ def pair_cases(pred: Union[str, Path], ref: Union[str, Path]) -> list[tuple[str,
         else:
             pairs.append((case, match, ref_path))
     if missing:
-        raise ValueError(f"no prediction in {pred} for reference case(s): {', '.join(missing)}")
+        raise InvalidInput(f"no prediction in {pred} for reference case(s): {', '.join(missing)}")
     if not pairs:
-        raise ValueError(f"no label maps found in {ref}")
+        raise InvalidInput(f"no label maps found in {ref}")
     return pairs
 
 
@@ -206,7 +207,7 @@ def check_same_grid(image: sitk.Image, ref: sitk.Image, where: str = "prediction
         ("direction", image.GetDirection(), ref.GetDirection()),
     ):
         if not np.allclose(a, b, atol=_GEOMETRY_TOLERANCE, rtol=0):
-            raise ValueError(
+            raise InvalidInput(
                 f"{where} {what} {tuple(round(v, 5) for v in a)} differs from the reference's "
                 f"{tuple(round(v, 5) for v in b)}; both must be on the same grid"
             )

@@ -19,7 +19,8 @@ from typing import Any, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from mambamim.infer.io import DICOM_MODALITY_KEY
+from mambamim.data.imageio import DICOM_MODALITY_KEY
+from mambamim.errors import MambaMIMError
 from mambamim.infer.modality import SAMPLE_VOXELS, modality_rule, sample_voxels
 
 LABEL_MAX_VALUES = 1000
@@ -27,12 +28,12 @@ LABEL_MAX_CHANGE = 0.5
 MIN_EXTENT_MM = 30.0
 
 
-class InputRefused(ValueError):
+class InputRefused(MambaMIMError, ValueError):
     """The volume is readable but not something to segment with this model (override flag in the text)."""
 
 
 def image_modality(image: sitk.Image, values: Optional[np.ndarray] = None) -> tuple[str, str]:
-    """:func:`modality_rule` for an image read by :func:`mambamim.infer.io.read_image` (which keeps a
+    """:func:`modality_rule` for an image read by :func:`mambamim.data.imageio.read_image` (which keeps a
     DICOM series' Modality tag as metadata); ``values`` may be given when the caller has the array."""
     tag = image.GetMetaData(DICOM_MODALITY_KEY) if image.HasMetaDataKey(DICOM_MODALITY_KEY) else None
     return modality_rule(sitk.GetArrayViewFromImage(image) if values is None else values, tag)

@@ -14,12 +14,14 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from mambamim.errors import MambaMIMError
+
 CT_LOW_PERCENTILE = 0.5
 CT_LOW_VALUE = -50.0
 SAMPLE_VOXELS = 2_000_000  # voxels looked at; enough for stable percentiles and counts
 
 
-class ModalityMismatch(ValueError):
+class ModalityMismatch(MambaMIMError, ValueError):
     """The input's modality is not the one the model was trained on."""
 
     def __init__(self, message: str, expected: str, actual: str):

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 from mambamim.data.intensity import validate_intensity_spec
+from mambamim.data.labels import LabelError, parse_labels
+from mambamim.errors import MambaMIMError
 from mambamim.nn.state_dict import strict_mismatch
 from mambamim.safe_write import safe_write
 
@@ -41,30 +43,7 @@ WEIGHTS_FILE = "weights.safetensors"
 MODALITIES = ("CT", "MR")
 # The largest network we ship or train is well under 1 GB of float32 weights.
 MAX_PACKAGE_BYTES = 4 * 2**30
-# Distinct, colour-blind-friendlier defaults (Okabe-Ito, then Tableau) for labels without a colour.
-_PALETTE = (
-    (230, 159, 0),
-    (86, 180, 233),
-    (0, 158, 115),
-    (240, 228, 66),
-    (0, 114, 178),
-    (213, 94, 0),
-    (204, 121, 167),
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-    (174, 199, 232),
-)
-
-
-class PackageError(ValueError):
+class PackageError(MambaMIMError, ValueError):
     """A model package or card is invalid; the message names the package and what is wrong."""
 
 
@@ -75,45 +54,6 @@ class LoadedPackage:
     model: nn.Module
     card: dict[str, Any]
     path: Path
-
-
-def parse_labels(labels: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """Normalise a label table to ``[{value, name, color, snomed?}]`` sorted by value, background dropped.
-
-    Accepts ``{"1": "spleen", ...}`` (MSD ``dataset.json`` / ``labels_*.json`` style) or a list of
-    ``{"value", "name", "color"?, "snomed"?}`` records. Value 0 is background and never listed.
-    """
-    if isinstance(labels, Mapping):
-        records = [{"value": k, "name": v} for k, v in labels.items()]
-    elif isinstance(labels, Sequence) and not isinstance(labels, str):
-        records = [dict(r) for r in labels]
-    else:
-        raise PackageError(
-            f"labels must be a mapping value->name or a list of records, got {type(labels).__name__}"
-        )
-    table = []
-    for record in records:
-        try:
-            value, name = int(record["value"]), str(record["name"])
-        except (KeyError, TypeError, ValueError):
-            raise PackageError(f"label record {record!r} needs an integer 'value' and a 'name'") from None
-        if value < 0:
-            raise PackageError(f"label {name!r} has a negative value {value}")
-        if value == 0:
-            continue
-        color = record.get("color") or _PALETTE[(value - 1) % len(_PALETTE)]
-        if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
-            raise PackageError(f"label {name!r}: color must be 3 integers 0-255, got {color!r}")
-        entry: dict[str, Any] = {"value": value, "name": name, "color": list(color)}
-        if record.get("snomed"):
-            entry["snomed"] = record["snomed"]
-        table.append(entry)
-    values = [e["value"] for e in table]
-    if len(set(values)) != len(values):
-        raise PackageError(f"label values must be unique, got {sorted(values)}")
-    if not table:
-        raise PackageError("the label table has no foreground labels")
-    return sorted(table, key=lambda e: e["value"])
 
 
 def make_card(
@@ -145,7 +85,7 @@ def make_card(
             "roi_size": [int(r) for r in roi_size],
             "overlap": float(overlap),
         },
-        "labels": parse_labels(labels),
+        "labels": _labels(labels, "card"),
         "license": license,
         "training_data": training_data,
         "metrics": dict(metrics or {}),
@@ -180,7 +120,7 @@ def save_package(
         "format_version": FORMAT_VERSION,
         "architecture": {"name": model_name, "config": dict(model_config)},
     }
-    full["labels"] = parse_labels(full.get("labels", []))
+    full["labels"] = _labels(full.get("labels", []), "card")
     _check_architecture_fits_card(model, full, where=f"package {out_dir}")
     with safe_write(out_dir) as tmp:
         tmp.mkdir()
@@ -240,7 +180,7 @@ def validate_card(card: dict[str, Any], where: str = "model card") -> dict[str, 
     ):
         raise PackageError(f"{where}: architecture must be {{'name': str, 'config': dict}}, got {arch!r}")
     _validate_input_section(card["input"], where)
-    card["labels"] = parse_labels(card["labels"])
+    card["labels"] = _labels(card["labels"], where)
     weights = card["weights"]
     if not isinstance(weights, dict) or not weights.get("file") or len(str(weights.get("sha256", ""))) != 64:
         raise PackageError(
@@ -252,6 +192,13 @@ def validate_card(card: dict[str, Any], where: str = "model card") -> dict[str, 
             "(paths such as ../x, /dev/zero or sub/x are refused)"
         )
     return card
+
+
+def _labels(table: Any, where: str) -> list[dict[str, Any]]:
+    try:
+        return parse_labels(table)
+    except LabelError as exc:
+        raise PackageError(f"{where}: {exc}") from None
 
 
 def _is_plain_name(name: Any) -> bool:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
+from mambamim.errors import USER_ERRORS, InvalidInput
+
 TERMINAL_STAGES = ("done", "error", "cancelled")
 PROGRESS_MODES = ("json", "bar", "none")
 
@@ -157,7 +159,7 @@ def make_reporter(mode: str, stream: Optional[TextIO] = None) -> ProgressCallbac
         return _BarReporter()
     if mode == "none":
         return lambda event: None
-    raise ValueError(f"unknown progress mode {mode!r}; valid modes: {', '.join(PROGRESS_MODES)}")
+    raise InvalidInput(f"unknown progress mode {mode!r}; valid modes: {', '.join(PROGRESS_MODES)}")
 
 
 def run_command(mode: str, work: Callable[[ProgressCallback, CancelToken], dict[str, str]]) -> int:
@@ -181,7 +183,7 @@ def run_command(mode: str, work: Callable[[ProgressCallback, CancelToken], dict[
             print("cancelled; nothing was written", file=sys.stderr)
         return 130
     except Exception as err:  # every failure must end the JSON stream with an error event
-        if not isinstance(err, (ValueError, OSError, MemoryError, RuntimeError)):
+        if not isinstance(err, USER_ERRORS):  # a bug, not the user's to fix: keep its traceback
             traceback.print_exc(file=sys.stderr)
         message = str(err) or type(err).__name__
         reporter(ProgressEvent("error", 0.0, None, message))

@@ -19,14 +19,15 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from mambamim.cpu_memory import format_bytes
+from mambamim.data.imageio import check_output_path, read_image, write_image
+from mambamim.errors import InvalidInput, Unavailable
 from mambamim.infer.input_checks import check_segmentation_input
-from mambamim.infer.io import check_output_path, read_image, write_image
 from mambamim.infer.memory import (
     MemoryEstimate,
     activation_bytes_per_voxel,
     available_bytes,
     estimate_memory,
-    format_bytes,
 )
 from mambamim.infer.package import LoadedPackage, load_package
 from mambamim.infer.preprocess import from_model_space, to_model_space
@@ -63,11 +64,11 @@ class SegmentResult:
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available else CPU; ``cuda`` without a usable GPU is an error."""
     if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
+        raise InvalidInput(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise Unavailable(
             "--device cuda was asked for but torch sees no CUDA GPU (CPU-only build or no driver); "
             "use --device cpu or auto"
         )
@@ -77,7 +78,7 @@ def resolve_device(name: str) -> torch.device:
 def check_channels(card: dict[str, Any], package_path: Union[str, Path]) -> None:
     """Refuse a package needing more input channels than one image provides."""
     if int(card["input"]["channels"]) != 1:
-        raise ValueError(
+        raise InvalidInput(
             f"model package {package_path} needs {card['input']['channels']} input channels; "
             "segment takes one image"
         )

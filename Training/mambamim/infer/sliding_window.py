@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
+from mambamim.errors import InvalidInput
 from mambamim.infer.progress import CancelToken
 
 WindowCallback = Callable[[int, int], None]  # (windows done, windows total)
@@ -27,7 +28,7 @@ def window_slices(
 ) -> list[tuple[slice, ...]]:
     """Spatial slices of every window over an image at least ``roi_size`` large (MONAI's grid)."""
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise InvalidInput(f"overlap must be in [0, 1), got {overlap}")
     interval = [
         roi if roi >= size else max(int(roi * (1.0 - overlap)), 1) for size, roi in zip(image_size, roi_size)
     ]
@@ -55,7 +56,7 @@ def sliding_window_logits(
     is called after each batch. ``notify`` receives a sentence whenever a memory fallback happens.
     """
     if volume.ndim != 4:
-        raise ValueError(f"volume must be (channels, X, Y, Z), got shape {tuple(volume.shape)}")
+        raise InvalidInput(f"volume must be (channels, X, Y, Z), got shape {tuple(volume.shape)}")
     roi = [int(r) for r in roi_size]
     spatial = list(volume.shape[1:])
     # Pad small images up to the ROI (symmetric, like MONAI); 0 is background after normalisation.

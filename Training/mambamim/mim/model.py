@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mambamim.checkpoint import load_checkpoint
+from mambamim.errors import InvalidInput
 from mambamim.mim.decoder import MIMDecoder
 from mambamim.mim.loss import denormalize_patches, mim_loss
 from mambamim.mim.masking import random_token_mask, upsample_mask
@@ -32,6 +34,8 @@ from mambamim.nn.hymamba import HyMambaEncoder
 from mambamim.nn.state_dict import strict_mismatch
 
 MASK_TOKENS = ("toki", "learnable")
+# The ``format`` field of a pre-training checkpoint (written by the pre-training recipe).
+PRETRAIN_FORMAT = "mambamim-pretrain"
 
 
 @dataclass
@@ -86,11 +90,11 @@ class MambaMIM(nn.Module):
     ) -> None:
         super().__init__()
         if mask_token not in MASK_TOKENS:
-            raise ValueError(f"unknown mask_token {mask_token!r}; valid: {', '.join(MASK_TOKENS)}")
+            raise InvalidInput(f"unknown mask_token {mask_token!r}; valid: {', '.join(MASK_TOKENS)}")
         if not 0.0 < float(mask_ratio) < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+            raise InvalidInput(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         if int(norm_patch) < 1:
-            raise ValueError(f"norm_patch must be >= 1, got {norm_patch}")
+            raise InvalidInput(f"norm_patch must be >= 1, got {norm_patch}")
         self.encoder = HyMambaEncoder(**(encoder_config or {}))
         channels = self.encoder.feature_channels  # skips at levels 0..L-1, then the Mamba map
         levels = len(channels)
@@ -166,7 +170,7 @@ class MambaMIM(nn.Module):
         if mask is None:
             mask = random_token_mask(x.shape[0], grid, self.mask_ratio, generator)
         if tuple(mask.shape) != (x.shape[0], *grid):
-            raise ValueError(f"mask must have shape {(x.shape[0], *grid)} for input {tuple(x.shape)}")
+            raise InvalidInput(f"mask must have shape {(x.shape[0], *grid)} for input {tuple(x.shape)}")
         mask = mask.to(device=x.device, dtype=torch.bool)
         masks = self.level_masks(mask, size)
         if self.bottom_up:
@@ -201,23 +205,23 @@ class MambaMIM(nn.Module):
         ``path`` only names the file in error messages."""
         config = (payload.get("config") or {}).get("model")
         if not isinstance(config, dict) or not isinstance(payload.get("model"), dict):
-            raise ValueError(f"checkpoint {path} lacks config['model'] or the 'model' weights")
+            raise InvalidInput(f"checkpoint {path} lacks config['model'] or the 'model' weights")
         try:
             model = cls(**config)
         except (TypeError, ValueError) as exc:
-            raise ValueError(
+            raise InvalidInput(
                 f"checkpoint {path}: cannot build MambaMIM from config['model']: {exc}"
             ) from None
         mismatch = strict_mismatch(model, payload["model"])
         if mismatch is not None:
-            raise ValueError(f"checkpoint {path}: its weights do not fit its own MambaMIM config: {mismatch}")
+            raise InvalidInput(
+                f"checkpoint {path}: its weights do not fit its own MambaMIM config: "
+                f"{mismatch}"
+            )
         model.load_state_dict(payload["model"])
         return model
 
 
 def load_pretrain_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a pre-training checkpoint payload (weights only), refusing any other kind of file."""
-    from mambamim.engine.checkpoint import load_checkpoint
-    from mambamim.engine.pretrain import PRETRAIN_FORMAT
-
     return load_checkpoint(path, map_location=map_location, expected_format=PRETRAIN_FORMAT)

@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from mambamim.errors import Unavailable
+
 ENV_VAR = "MAMBAMIM_SCAN_BACKEND"
 BACKENDS = ("auto", "cuda", "triton", "torch")
 TRITON_OPS = ("selective_scan",)  # ops with a Triton kernel
@@ -79,9 +81,9 @@ def resolve_backend(op: str, on_cuda: bool, backend: Optional[str] = None) -> st
     if request == "triton":
         function, reason = triton_scan()
         if function is None:
-            raise RuntimeError(f"{op} backend 'triton' was requested but is unavailable: {reason}")
+            raise Unavailable(f"{op} backend 'triton' was requested but is unavailable: {reason}")
         if not (on_cuda or triton_interpreter()):
-            raise RuntimeError(
+            raise Unavailable(
                 f"{op} backend 'triton' was requested but the input tensors are not on CUDA "
                 "(Triton runs CPU tensors only under its interpreter, TRITON_INTERPRET=1)"
             )
@@ -94,9 +96,9 @@ def resolve_backend(op: str, on_cuda: bool, backend: Optional[str] = None) -> st
             return "cuda"
         return "triton" if op in TRITON_OPS and triton_scan()[0] is not None else "torch"
     if kernel is None:
-        raise RuntimeError(f"{op} backend 'cuda' was requested but is unavailable: {reason}")
+        raise Unavailable(f"{op} backend 'cuda' was requested but is unavailable: {reason}")
     if not on_cuda:
-        raise RuntimeError(f"{op} backend 'cuda' was requested but the input tensors are not on CUDA")
+        raise Unavailable(f"{op} backend 'cuda' was requested but the input tensors are not on CUDA")
     return "cuda"
 
 

@@ -32,12 +32,13 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from mambamim.data.imageio import check_writable, image_suffix, read_image, write_image
 from mambamim.data.intensity import CT_WINDOW, validate_intensity_spec
-from mambamim.infer.io import check_writable, image_suffix, read_image, write_image
+from mambamim.errors import InvalidInput
 from mambamim.infer.preprocess import from_model_space, to_model_space
 from mambamim.infer.progress import CancelToken, ProgressCallback, ProgressTracker
+from mambamim.infer.recon_figure import save_reconstruction_figure
 from mambamim.infer.segment import resolve_device
-from mambamim.mim.figure import save_reconstruction_figure
 from mambamim.mim.masking import random_token_mask, upsample_mask
 from mambamim.mim.model import MambaMIM, load_pretrain_checkpoint
 
@@ -60,7 +61,7 @@ class ReconstructResult:
 def output_paths(input_path: Union[str, Path], output_dir: Union[str, Path], fmt: str) -> dict[str, Path]:
     """Where :func:`reconstruct_file` writes for ``input_path``; a DICOM folder is named after the folder."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
+        raise InvalidInput(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
     name = Path(input_path).name
     suffix = image_suffix(input_path)
     stem = name[: len(name) - len(suffix)] if suffix and name.lower().endswith(suffix) else name
@@ -80,7 +81,7 @@ def training_geometry(payload: dict[str, Any], path: Union[str, Path]) -> tuple[
     intensity = validate_intensity_spec(training.get("intensity", CT_WINDOW))
     roi = int(training.get("roi", DEFAULT_ROI))
     if len(spacing) != 3 or min(spacing) <= 0 or roi < 16 or roi % 16:
-        raise ValueError(f"checkpoint {path}: unusable training geometry (spacing {spacing}, crop {roi})")
+        raise InvalidInput(f"checkpoint {path}: unusable training geometry (spacing {spacing}, crop {roi})")
     return spacing, intensity, roi
 
 

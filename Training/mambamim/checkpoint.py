@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mambamim.errors import MambaMIMError
 from mambamim.safe_write import safe_write
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MambaMIMError, ValueError):
     """A checkpoint is missing, corrupt, or not the kind the caller expects; the message names the file."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mambamim.errors import InvalidInput
 from mambamim.safe_write import safe_write
 
 
@@ -41,7 +42,7 @@ def save_reconstruction_figure(
     from matplotlib.figure import Figure
 
     if not original.shape == masked.shape == reconstruction.shape or original.ndim != 3:
-        raise ValueError(
+        raise InvalidInput(
             f"figure volumes must be 3-D and of one shape, got {original.shape}, {masked.shape}, "
             f"{reconstruction.shape}"
         )

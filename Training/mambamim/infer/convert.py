@@ -32,11 +32,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from mambamim.errors import MambaMIMError
+from mambamim.nn.taming.convert import ALIAS_REASON, taming_config, taming_variant
+
 SOURCES = ("mambamim", "taming-nnunet")
 CONVERTED_FORMAT = "mambamim-converted"
 
 
-class ConversionError(ValueError):
+class ConversionError(MambaMIMError, ValueError):
     """A checkpoint cannot be converted: unreadable, of another kind, or not fitting our architecture."""
 
 
@@ -340,15 +343,29 @@ def convert_mambamim(obj: Any, where: str = "checkpoint", model: str | None = No
 def convert_taming(obj: Any, where: str = "checkpoint", model: str | None = None) -> Conversion:
     """Convert an nnU-Net checkpoint (or a bare ``network_weights`` dict) of a Taming Mambas network;
     ``model`` names the variant where the weights cannot (SegMambaSkip has BiSegMamba's parameters)."""
-    from mambamim.nn.taming.convert import convert_taming_state
-
     trainer = ""
     if isinstance(obj, Mapping) and isinstance(obj.get("network_weights"), Mapping):
         state = _tensors(obj["network_weights"], f"{where}['network_weights']")
         trainer = str(obj.get("trainer_name", ""))
     else:
         state = _tensors(obj, where)
-    return convert_taming_state(state, trainer, model)
+    # nnU-Net saves some tensors twice; the variant and configuration follow from the shapes.
+    dropped: dict[str, str] = {}
+    kept: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("decoder.encoder.") or ".all_modules." in key:
+            dropped[key] = ALIAS_REASON
+        else:
+            kept[key] = value
+    try:
+        variant = model or taming_variant(kept, trainer)
+        config = taming_config(kept, variant)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
+    unmapped = [k for k in kept if not k.startswith(("encoder.", "decoder."))]
+    for key in unmapped:
+        kept.pop(key)
+    return Conversion(kept, variant, config, "Taming Mambas nnU-Net network", dropped, unmapped)
 
 
 CONVERTERS: dict[str, Callable[..., Conversion]] = {

@@ -1,4 +1,5 @@
-"""Command-line options shared by ``mambamim pretrain`` and ``mambamim finetune`` (argparse only).
+"""Command-line options shared by ``mambamim pretrain`` and ``mambamim finetune`` (argparse only;
+the values they take are parsed by the data layer).
 
 Every training option defaults to ``None`` = "not given", so the preset (and, below it, the model
 constructors) decide; only what the user types overrides them.
@@ -8,11 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
-
-# Errors a training command reports as one clear line (exit 1) instead of a traceback.
-USER_ERRORS = (ValueError, OSError, RuntimeError)
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -26,34 +23,23 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def intensity_spec(text: str) -> dict[str, Any]:
-    """``ct`` (window -175..250 HU), ``zscore`` (MRI), or ``window:LOWER:UPPER``."""
-    if text == "ct":
-        return {"type": "window", "lower": -175.0, "upper": 250.0}
-    if text == "zscore":
-        return {"type": "zscore"}
-    parts = text.split(":")
-    if len(parts) == 3 and parts[0] == "window":
-        try:
-            lower, upper = float(parts[1]), float(parts[2])
-        except ValueError:
-            lower = upper = 0.0
-        if upper > lower:
-            return {"type": "window", "lower": lower, "upper": upper}
-    raise argparse.ArgumentTypeError(f"--intensity must be ct, zscore or window:LOWER:UPPER, got {text!r}")
+    """``--intensity``: see :func:`mambamim.data.intensity.parse_intensity`."""
+    from mambamim.data.intensity import parse_intensity
+
+    try:
+        return parse_intensity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--{exc}") from None
 
 
 def spacing(text: str) -> list[float]:
+    """``--spacing``: see :func:`mambamim.data.spacing.parse_spacing`."""
+    from mambamim.data.spacing import parse_spacing
+
     try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values *= 3
-    if len(values) != 3 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(
-            f"--spacing must be one or three positive numbers (mm), got {text!r}"
-        )
-    return values
+        return parse_spacing(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--{exc}") from None
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ...]) -> None:
@@ -99,11 +85,6 @@ def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("roi", "num_samples", "batch", "epochs", "lr", "weight_decay", "warmup_epochs", "grad_clip",
              "spacing", "intensity", "seed", "amp", "cache", "checkpoint_every")  # fmt: skip
     return {name: getattr(args, name) for name in names}
-
-
-def report_error(exc: BaseException) -> int:
-    print(f"error: {exc}", file=sys.stderr)
-    return 1
 
 
 def exit_code(status: str) -> int:

@@ -12,7 +12,7 @@ before reading, :func:`verify_image_file`:
    stream must end cleanly (end marker, CRC and length) and hold at least the declared data;
 3. checks floating-point voxels as stored in the file for NaN and infinities, and a NIfTI scaling
    (``scl_slope`` / ``scl_inter``) for infinities. NRRD and MetaImage readers keep non-finite values, so
-   the check after reading (:func:`mambamim.infer.io.read_image`) sees them as stored; DICOM pixel data
+   the check after reading (:func:`mambamim.data.imageio.read_image`) sees them as stored; DICOM pixel data
    are integers.
 """
 
@@ -29,14 +29,15 @@ from typing import Optional
 import numpy as np
 import psutil
 
-from mambamim.infer.memory import format_bytes
+from mambamim.cpu_memory import format_bytes
+from mambamim.errors import MambaMIMError
 
 # Deflate's best case: a 258-byte match per 2-bit code, i.e. at most ~1032 bytes out per byte in.
 MAX_DEFLATE_RATIO = 1032
 _CHUNK = 1 << 22
 
 
-class ImageReadError(ValueError):
+class ImageReadError(MambaMIMError, ValueError):
     """The file or folder is not a usable 3-D volume; the message names it and says why."""
 
 

@@ -3,7 +3,7 @@
 Readers: NIfTI and NRRD (SimpleITK), MGH/MGZ (nibabel, converted from RAS to LPS), DICOM series
 folders (GDCM through ``ImageSeriesReader``: slices sorted by position, rescale slope/intercept
 applied, direction cosines kept; the DICOM Modality tag is kept as the image's ``0008|0060`` metadata). Files
-are checked for what they hold before any reader converts them (:mod:`mambamim.infer.file_integrity`).
+are checked for what they hold before any reader converts them (:mod:`mambamim.data.file_integrity`).
 Writers: NIfTI or NRRD through :func:`mambamim.safe_write.safe_write`, so a failed or interrupted write
 never leaves a partial file at, or beside, the requested path.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from mambamim.infer.file_integrity import ImageReadError, verify_image_file
+from mambamim.data.file_integrity import ImageReadError, verify_image_file
+from mambamim.errors import InvalidInput
 from mambamim.safe_write import STAGING_PREFIX, safe_write
 
 logger = logging.getLogger(__name__)
@@ -69,12 +70,12 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
     path = Path(path)
     suffix = image_suffix(path)
     if suffix not in WRITE_SUFFIXES:
-        raise ValueError(
+        raise InvalidInput(
             f"output {path}: unsupported format {suffix or '(none)'}; "
             "use a name ending in .nii.gz, .nii or .nrrd"
         )
     if path.is_dir():
-        raise ValueError(f"output {path} is a folder; give a file name ending in .nii.gz or .nrrd")
+        raise InvalidInput(f"output {path} is a folder; give a file name ending in .nii.gz or .nrrd")
     if path.exists() and not overwrite:
         raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
     check_writable(path)
