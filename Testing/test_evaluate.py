@@ -121,7 +121,7 @@ def test_evaluate_command_folders(tmp_path):
         ("case2", "ghost", "absent"),
     ]
     assert float(rows[2]["dice"]) == pytest.approx(0.8) and rows[1]["dice"] == ""
-    with pytest.raises(FileExistsError, match="scores.csv already exists"):  # refused without --overwrite
+    with pytest.raises(FileExistsError, match=r"scores\.csv already exists"):  # refused without --overwrite
         command.run(parser.parse_args(argv))
 
 
