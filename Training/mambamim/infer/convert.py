@@ -449,6 +449,8 @@ def save_converted(conversion: Conversion, out: str | Path) -> Path:
     """Write the converted tensors to ``out`` (safetensors), the model name and configuration as metadata."""
     from safetensors.torch import save_file
 
+    from mambamim.safe_write import safe_write
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
@@ -456,5 +458,6 @@ def save_converted(conversion: Conversion, out: str | Path) -> Path:
         "model": conversion.model,
         "config": json.dumps(conversion.config),
     }
-    save_file({k: v.contiguous() for k, v in conversion.state.items()}, str(out), metadata=metadata)
+    with safe_write(out) as tmp:
+        save_file({k: v.contiguous() for k, v in conversion.state.items()}, str(tmp), metadata=metadata)
     return out
