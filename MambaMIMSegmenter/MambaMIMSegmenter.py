@@ -16,6 +16,7 @@ from MambaMIMSegmenterLib import compatibility, dependencies, diagnostics
 from MambaMIMSegmenterLib import logic as libLogic
 from MambaMIMSegmenterLib.progress import formatSeconds
 from MambaMIMSegmenterLib.registry import ModelRegistry
+from MambaMIMSegmenterLib.resources import resourcePath
 from MambaMIMSegmenterLib.results import showSegmentation3D, showVolumeInSliceViews
 from MambaMIMSegmenterLib.runner import EngineCancelled, engineEnvironment
 from MambaMIMSegmenterLib.tasks import TaskBusy, TaskSlot
@@ -74,7 +75,7 @@ class MambaMIMSegmenterLogic(ScriptedLoadableModuleLogic, libLogic.MambaMIMSegme
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         cacheDir = qt.QSettings().value(CACHE_SETTING) or str(libLogic.defaultCacheDir())
-        registry = ModelRegistry(libLogic.resourcePath("models.json"), Path(cacheDir))
+        registry = ModelRegistry(resourcePath("models.json"), Path(cacheDir))
         libLogic.MambaMIMSegmenterLogic.__init__(
             self, scene=slicer.mrmlScene, registry=registry, tempRoot=Path(slicer.app.temporaryPath)
         )
@@ -329,7 +330,7 @@ class MambaMIMSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         try:
             check = dependencies.startDependencyCheck(
-                self.logic.python, self._engineEnvironment(), libLogic.resourcePath("pyproject.toml")
+                self.logic.python, self._engineEnvironment(), resourcePath("pyproject.toml")
             )
         except Exception as exc:
             self._fail(f"Could not check the Python packages the engine needs:\n{exc}")
@@ -387,7 +388,7 @@ class MambaMIMSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle="Optional CUDA kernels"):
             return
         check = dependencies.startDependencyCheck(
-            self.logic.python, self._engineEnvironment(), libLogic.resourcePath("pyproject.toml")
+            self.logic.python, self._engineEnvironment(), resourcePath("pyproject.toml")
         )
         try:
             plan = check.wait(timeout=60)
@@ -397,7 +398,7 @@ class MambaMIMSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if plan.torchMissing:
             slicer.util.errorDisplay(plan.confirmationText(), windowTitle="PyTorch is required")
             return
-        arguments = dependencies.cudaKernelRequirements(libLogic.resourcePath("pyproject.toml"))
+        arguments = dependencies.cudaKernelRequirements(resourcePath("pyproject.toml"))
         self._install(arguments, plan.torchVersion, "Building the optional CUDA kernels…", None)
 
     # -- segmentation ------------------------------------------------------------------------------
@@ -608,7 +609,7 @@ class MambaMIMSegmenterTest(ScriptedLoadableModuleTest):
 
         logic = MambaMIMSegmenterLogic()
         notReady = dependencies.engineNotReady(
-            logic.python, engineEnvironment(logic.enginePaths), libLogic.resourcePath("pyproject.toml")
+            logic.python, engineEnvironment(logic.enginePaths), resourcePath("pyproject.toml")
         )
         if notReady:
             self.skipTest(notReady)

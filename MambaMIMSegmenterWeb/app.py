@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from MambaMIMSegmenterLib import InputError, MambaMIMSegmenterLogic, ModelRegistry, RegistryError
-from MambaMIMSegmenterLib.logic import defaultCacheDir, resourcePath
+from MambaMIMSegmenterLib.logic import defaultCacheDir
 from MambaMIMSegmenterLib.registry import readCard
+from MambaMIMSegmenterLib.resources import resourcePath
 from trame.app import TrameApp
 from trame_server.utils.asynchronous import create_task
 from trame_slicer.core import LayoutManager, SlicerApp

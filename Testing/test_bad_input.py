@@ -32,7 +32,8 @@ from mambamim.data.imageio import read_image, write_image
 from mambamim.infer import package as package_module
 from mambamim.infer import segment as segment_module
 from mambamim.infer.batch import find_cases
-from mambamim.infer.package import CARD_FILE, WEIGHTS_FILE, write_zip
+from mambamim.infer.card import CARD_FILE
+from mambamim.infer.package import WEIGHTS_FILE, write_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "Resources" / "models" / "btcv-hymamba-demo"

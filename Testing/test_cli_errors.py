@@ -42,10 +42,10 @@ def test_user_errors_share_one_base_and_keep_their_standard_base():
     from mambamim.data.dataset import NoReadableScansError
     from mambamim.data.file_integrity import ImageReadError
     from mambamim.data.labels import LabelError
+    from mambamim.infer.card import PackageError
     from mambamim.infer.convert import ConversionError
     from mambamim.infer.input_checks import InputRefused
     from mambamim.infer.modality import ModalityMismatch
-    from mambamim.infer.package import PackageError
 
     for cls in (CheckpointError, ImageReadError, LabelError, ConversionError, InputRefused, ModalityMismatch,
                 PackageError, InvalidInput):  # fmt: skip

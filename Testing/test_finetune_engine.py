@@ -62,9 +62,9 @@ def test_finetuning_raises_validation_dice_and_writes_a_package(tmp_path, liver_
     assert result.status == "completed" and result.step == 60
     assert result.best_dice > before["mean_dice"] + 0.2, (before["mean_dice"], result.best_dice)
     package = load_package(result.package)
-    assert [(e["value"], e["name"]) for e in package.card["labels"]] == [(1, "liver")]
-    assert package.card["input"]["spacing"] == [6.0] * 3
-    assert package.card["metrics"]["mean_dice"] == pytest.approx(result.best_dice)
+    assert [(e.value, e.name) for e in package.card.labels] == [(1, "liver")]
+    assert package.card.input.spacing == (6.0,) * 3
+    assert package.card.metrics["mean_dice"] == pytest.approx(result.best_dice)
     assert (tmp_path / "run" / "best.pt").is_file()
 
 

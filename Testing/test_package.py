@@ -9,13 +9,12 @@ import zipfile
 import pytest
 import torch
 from mambamim.data.intensity import CT_WINDOW
+from mambamim.data.labels import parse_labels
+from mambamim.infer.card import CARD_FILE, PackageError
 from mambamim.infer.package import (
-    CARD_FILE,
     WEIGHTS_FILE,
-    PackageError,
     load_package,
     make_card,
-    parse_labels,
     read_card,
     save_package,
     write_zip,
@@ -58,11 +57,14 @@ def test_round_trip_restores_weights_and_card(package, tiny_state):
     for key, value in tiny_state.items():
         torch.testing.assert_close(loaded.model.state_dict()[key], value)
     c = loaded.card
-    assert c["architecture"] == {"name": "hymamba", "config": json.loads(json.dumps(TINY))}
-    assert [(label["value"], label["name"]) for label in c["labels"]] == [(1, "spleen"), (2, "liver")]
-    assert all(len(label["color"]) == 3 for label in c["labels"])
-    assert c["input"]["modality"] == "CT" and c["input"]["spacing"] == [1.5, 1.5, 1.5]
-    assert len(c["weights"]["sha256"]) == 64 and c["weights"]["file"] == WEIGHTS_FILE
+    assert c.architecture.name == "hymamba" and dict(c.architecture.config) == json.loads(json.dumps(TINY))
+    assert [(label.value, label.name) for label in c.labels] == [(1, "spleen"), (2, "liver")]
+    assert all(len(label.color) == 3 for label in c.labels)
+    assert c.input.modality == "CT" and c.input.spacing == (1.5, 1.5, 1.5)
+    assert len(c.weights_sha256) == 64 and c.weights_file == WEIGHTS_FILE
+    # The card on disk is the same document the typed card was read from.
+    on_disk = json.loads((package / CARD_FILE).read_text())
+    assert on_disk["labels"] == c.labels_as_dicts() and on_disk["weights"]["sha256"] == c.weights_sha256
     assert not loaded.model.training
 
 
@@ -108,7 +110,7 @@ def test_labels_must_fit_the_output_channels(tmp_path, tiny_state):
 
 def test_zip_archive_loads_and_is_verified(package, tmp_path):
     archive = write_zip(package, tmp_path / "pkg.zip")
-    assert load_package(archive).card["name"] == "tiny"
+    assert load_package(archive).card.name == "tiny"
     with zipfile.ZipFile(archive) as z:
         members = {n: z.read(n) for n in z.namelist()}
     card_json = json.loads(members[CARD_FILE])
@@ -133,7 +135,7 @@ def test_existing_package_refused_unless_overwrite(package, tiny_state):
         card=card(version="2.0.0"),
         overwrite=True,
     )
-    assert read_card(package)["version"] == "2.0.0"
+    assert read_card(package).version == "2.0.0"
     assert sorted(p.name for p in package.parent.iterdir()) == ["pkg"]  # no temporary folders left
 
 
@@ -197,11 +199,9 @@ def test_package_command_from_finetune_checkpoint(tmp_path, tiny_state, data_dir
     (tmp_path / "l.json").write_text(json.dumps({"1": "spleen", "2": "kidney_right"}))
     assert command.run(args) == 0
     c = load_package(tmp_path / "demo.zip").card
-    assert c["input"]["spacing"] == [2.0, 2.0, 2.0] and c["input"]["roi_size"] == [32, 32, 32]
-    assert (
-        c["input"]["overlap"] == 0.25 and c["license"] == "CC-BY-4.0" and c["metrics"] == {"mean_dice": 0.5}
-    )
-    assert c["architecture"]["name"] == "hymamba"
+    assert c.input.spacing == (2.0, 2.0, 2.0) and c.input.roi_size == (32, 32, 32)
+    assert c.input.overlap == 0.25 and c.license == "CC-BY-4.0" and c.metrics == {"mean_dice": 0.5}
+    assert c.architecture.name == "hymamba"
 
 
 def test_weights_only_torch_file_is_accepted(package, tmp_path):
@@ -218,7 +218,7 @@ def test_weights_only_torch_file_is_accepted(package, tmp_path):
         "sha256": hashlib.sha256((package / "weights.pt").read_bytes()).hexdigest(),
     }
     (package / CARD_FILE).write_text(json.dumps(c))
-    assert load_package(package).card["weights"]["file"] == "weights.pt"
+    assert load_package(package).card.weights_file == "weights.pt"
 
 
 def test_package_files_get_normal_permissions(package):

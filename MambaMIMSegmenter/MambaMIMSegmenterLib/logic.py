@@ -21,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .enginepath import MODULE_DIR, defaultEnginePaths, importEngineModule
+from .enginepath import defaultEnginePaths, importEngineModule
 from .progress import ProgressEvent
 from .registry import ModelEntry, ModelRegistry, RegistryError, readCard
+from .resources import resourcePath
 from .results import ComparisonLayout, addSegmentation, addVolume, buildSegmentation, removeFromScene
 from .runner import EngineCancelled, EngineError, ProcessRunner, engineEnvironment, pythonExecutable
 from .volumeio import (
@@ -39,15 +40,6 @@ DEVICES = ("auto", "cuda", "cpu")
 
 ProgressCallback = Callable[[ProgressEvent], None]
 LogCallback = Callable[[str], None]
-
-
-def resourcePath(name: str) -> Path:
-    """A shared resource: next to the module when installed, at the repository root in a checkout."""
-    bases = (MODULE_DIR / "Resources", MODULE_DIR, MODULE_DIR.parent / "Resources", MODULE_DIR.parent)
-    for base in bases:
-        if (base / name).exists():
-            return base / name
-    raise FileNotFoundError(f"resource {name} not found in any of: {', '.join(str(b) for b in bases)}")
 
 
 def defaultCacheDir() -> Path:
@@ -299,7 +291,7 @@ class MambaMIMSegmenterLogic:
         modality = importEngineModule("infer.modality")
         actual = guessModality(volumeNode)
         try:
-            modality.check_modality(card, actual, packageDir)
+            modality.check_modality(card["input"]["modality"], actual, packageDir)
         except modality.ModalityMismatch as exc:
             raise InputError(
                 f'Model "{entry.title}" is for {exc.expected} images, but "{volumeNode.GetName()}" looks '

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .cardschema import cardProblems
 from .download import Download, DownloadError, sha256File, verifySha256
 
 CARD_FILE = "model.json"
@@ -85,7 +86,7 @@ class ModelEntry:
 
 
 def readCard(packageDir: Path) -> dict[str, Any]:
-    """The ``model.json`` card of a package folder, checked for the fields the module relies on."""
+    """The ``model.json`` card of a package folder, checked against the model card schema."""
     cardPath = Path(packageDir) / CARD_FILE
     if not cardPath.is_file():
         raise RegistryError(f"{packageDir} is not a model package: it has no {CARD_FILE}")
@@ -93,13 +94,7 @@ def readCard(packageDir: Path) -> dict[str, Any]:
         card = json.loads(cardPath.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RegistryError(f"cannot read model card {cardPath}: {exc}") from exc
-    problems = []
-    if not isinstance(card.get("labels"), list) or not card["labels"]:
-        problems.append("'labels' must be a non-empty list")
-    if not isinstance(card.get("input"), dict) or card["input"].get("modality") not in ("CT", "MR"):
-        problems.append("'input.modality' must be 'CT' or 'MR'")
-    if not isinstance(card.get("weights"), dict) or not card["weights"].get("file"):
-        problems.append("'weights.file' is missing")
+    problems = cardProblems(card)
     if problems:
         raise RegistryError(f"invalid model card {cardPath}: " + "; ".join(problems))
     return card

@@ -481,7 +481,7 @@ def sample_image(args):
 def whole_scan(device, sync, args, report: Report) -> list[dict[str, Any]]:
     import torch
     from mambamim.data.intensity import CT_WINDOW
-    from mambamim.infer.package import LoadedPackage, make_card
+    from mambamim.infer.package import in_memory_package, make_card
     from mambamim.infer.segment import segment_image
 
     image = sample_image(args)
@@ -494,8 +494,7 @@ def whole_scan(device, sync, args, report: Report) -> list[dict[str, Any]]:
             name=f"check-{name}", labels=labels, modality="CT", spacing=[spacing] * 3, intensity=CT_WINDOW,
             roi_size=[roi] * 3, overlap=0.5,
         )  # fmt: skip
-        card["architecture"] = {"name": name, "config": {}}
-        package = LoadedPackage(model=build(name).eval(), card=card, path=Path(f"<{name} random weights>"))
+        package = in_memory_package(build(name).eval(), card, name)
         for fast in (False, True):
             if report.over_budget():
                 raise Skip(f"time budget of {report.budget_s} s spent")

@@ -52,10 +52,9 @@ def test_modality_check_turned_off_reaches_the_engine(monkeypatch, logic, small_
 def test_engine_refuses_a_declared_other_modality():
     from mambamim.infer.modality import ModalityMismatch, check_modality, guess_modality
 
-    card = {"input": {"modality": "CT", "channels": 1}}
     with pytest.raises(ModalityMismatch, match="is for CT images"):
-        check_modality(card, "MR", "pkg")
-    check_modality(card, "ct", "pkg")
+        check_modality("CT", "MR", "pkg")
+    check_modality("CT", "ct", "pkg")
     assert guess_modality([0, 10, 20], "MRI") == "MR"
     assert guess_modality([-1000, 0, 40] * 100) == "CT"
 

@@ -14,7 +14,7 @@ modality rule before it starts the engine:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -71,14 +71,15 @@ def label_map_evidence(array: np.ndarray) -> Optional[str]:
 def check_segmentation_input(
     image: sitk.Image,
     source: str,
-    card: dict[str, Any],
+    expected: str,
     *,
     modality: Optional[str] = None,
     allow_label_map: bool = False,
     allow_other_modality: bool = False,
     allow_small: bool = False,
 ) -> None:
-    """Refuse (``InputRefused`` naming ``source``) what the model should not be run on.
+    """Refuse (``InputRefused`` naming ``source``) what a model for ``expected`` (CT or MR, the card's
+    ``input.modality``) should not be run on.
 
     ``modality`` declares the input's modality and replaces the guess; each ``allow_*`` turns one check
     off (the command-line flags of the same names).
@@ -99,7 +100,6 @@ def check_segmentation_input(
                 f"{source} looks like a label map, not a scan: {evidence}; "
                 "give the image itself, or pass --allow-label-map if it really is a scan"
             )
-    expected = card["input"]["modality"]
     if modality is not None:
         actual, evidence = modality.upper(), "it was declared so (--modality)"
     else:

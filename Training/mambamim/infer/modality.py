@@ -55,9 +55,9 @@ def guess_modality(values: Any, dicom_modality: Optional[str] = None) -> str:
     return modality_rule(values, dicom_modality)[0]
 
 
-def check_modality(card: dict[str, Any], modality: Optional[str], package_path: Union[str, Path]) -> None:
-    """Refuse (``ModalityMismatch``) a package made for another modality than ``modality``."""
-    expected = card["input"]["modality"]
+def check_modality(expected: str, modality: Optional[str], package_path: Union[str, Path]) -> None:
+    """Refuse (``ModalityMismatch``) a package made for ``expected`` (its card's ``input.modality``) when
+    the input is ``modality``."""
     if modality is not None and modality.upper() != expected:
         raise ModalityMismatch(
             f"model package {package_path} is for {expected} images but the input was declared "

@@ -22,6 +22,7 @@ import torch
 from mambamim.cpu_memory import format_bytes
 from mambamim.data.imageio import check_output_path, read_image, write_image
 from mambamim.errors import InvalidInput, Unavailable
+from mambamim.infer.card import ModelCard
 from mambamim.infer.input_checks import check_segmentation_input
 from mambamim.infer.memory import (
     MemoryEstimate,
@@ -75,11 +76,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_channels(card: dict[str, Any], package_path: Union[str, Path]) -> None:
+def check_channels(card: ModelCard, package_path: Union[str, Path]) -> None:
     """Refuse a package needing more input channels than one image provides."""
-    if int(card["input"]["channels"]) != 1:
+    if card.input.channels != 1:
         raise InvalidInput(
-            f"model package {package_path} needs {card['input']['channels']} input channels; "
+            f"model package {package_path} needs {card.input.channels} input channels; "
             "segment takes one image"
         )
 
@@ -116,7 +117,7 @@ def segment_image(
     check_segmentation_input(
         image,
         source,
-        card,
+        card.input.modality,
         modality=modality,
         allow_label_map=allow_label_map,
         allow_other_modality=allow_other_modality,
@@ -130,8 +131,8 @@ def segment_image(
         logger.warning(message)
         tracker.update("inference", 0.0, message)
 
-    spacing = np.asarray(card["input"]["spacing"], dtype=float)
-    run_overlap = float(card["input"]["overlap"])
+    spacing = np.asarray(card.input.spacing, dtype=float)
+    run_overlap = card.input.overlap
     if fast:
         spacing = spacing * FAST_SPACING_FACTOR
         run_overlap = min(run_overlap, FAST_OVERLAP)
@@ -140,16 +141,16 @@ def segment_image(
 
     tracker.update("preprocess", 0.0, f"resampling to {spacing.round(3).tolist()} mm")
     t = time.perf_counter()
-    array, ref = to_model_space(image, spacing.tolist(), card["input"]["intensity"])
+    array, ref = to_model_space(image, spacing.tolist(), dict(card.input.intensity))
     timings["preprocess"] = time.perf_counter() - t
     tracker.update("preprocess", 1.0, f"model grid {list(array.shape)}")
     if cancel is not None:
         cancel.raise_if_cancelled()
 
     network = package.model.to(sw_device).eval()
-    num_classes = max(label["value"] for label in card["labels"]) + 1
+    num_classes = card.num_classes
     batch = int(sw_batch_size or DEFAULT_SW_BATCH[sw_device.type])
-    card_roi = [int(r) for r in card["input"]["roi_size"]]
+    card_roi = list(card.input.roi_size)
     per_voxel = activation_bytes_per_voxel(network, 1, card_roi)  # one probe pass, reused below
     plan = plan_windows(
         network,
@@ -203,7 +204,7 @@ def segment_image(
     if keep_largest:
         from mambamim.infer.postprocess import keep_largest_component  # SciPy, only when asked for
 
-        labels = keep_largest_component(labels, [label["value"] for label in card["labels"]])
+        labels = keep_largest_component(labels, card.label_values)
     label_image = from_model_space(labels, ref, is_label=True)
     timings["postprocess"] = time.perf_counter() - t
     tracker.update("postprocess", 1.0, "label map on the input grid")
@@ -259,7 +260,7 @@ def segment_file(
 
         reference_image = read_image(reference, allow_constant=True)
         check_same_grid(image, reference_image, where=f"input {input_path}")
-    emit(ProgressEvent("load", 0.05, None, f"model {package.card['name']} {package.card['version']}"))
+    emit(ProgressEvent("load", 0.05, None, f"model {package.card.name} {package.card.version}"))
     if cancel is not None:
         cancel.raise_if_cancelled()
 
@@ -284,7 +285,7 @@ def segment_file(
         from mambamim.infer.evaluate import compare_label_maps
 
         result.metrics = compare_label_maps(
-            result.labels, reference_image, package.card["labels"], hd95=False
+            result.labels, reference_image, package.card.labels_as_dicts(), hd95=False
         )
     result.seconds = time.perf_counter() - t_start
     return result
