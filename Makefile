@@ -109,7 +109,8 @@ lint: venv
 # report folder. The wheels are the versions of this venv, for the GPU machine's Python (GPU_PYTHON);
 # numpy and scipy come with CUDA PyTorch images (add them to GPU_WHEELS if not). About 60 MB.
 GPU_PYTHON ?= 3.12
-GPU_WHEELS ?= monai einops safetensors psutil tqdm nibabel pydicom SimpleITK packaging
+GPU_WHEELS ?= monai einops safetensors psutil tqdm nibabel pydicom SimpleITK packaging \
+	jsonschema jsonschema-specifications referencing rpds-py attrs typing-extensions
 GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
 gpu-wheels: venv
 	rm -rf .whl/wheels .whl/site && mkdir -p .whl/wheels .whl/sample
