@@ -99,16 +99,8 @@ def _from_nnunet(args: argparse.Namespace) -> Path:
 def _build(args: argparse.Namespace) -> Path:
     import json
 
-    from mambamim.checkpoint import load_checkpoint
-    from mambamim.data.intensity import CT_WINDOW, MR_ZSCORE, parse_intensity
-    from mambamim.infer.package import make_card, save_package, write_zip
-
-    payload = load_checkpoint(args.checkpoint, expected_format="mambamim-finetune")
-    config = payload.get("config") or {}
-    if not config.get("model_name") or "model" not in payload:
-        raise InvalidInput(f"checkpoint {args.checkpoint} lacks config.model_name or the model state dict")
-    # Fine-tuning stores its settings under config.training; flags given here take precedence.
-    training = {**config, **(config.get("training") or {})}
+    from mambamim.data.intensity import parse_intensity
+    from mambamim.infer.package import package_checkpoint, write_zip
 
     def json_arg(value, what: str):
         """JSON from a file path, or the argument itself as inline JSON."""
@@ -123,43 +115,22 @@ def _build(args: argparse.Namespace) -> Path:
         except json.JSONDecodeError as err:
             raise InvalidInput(f"{what} {value}: not valid JSON ({err})") from None
 
-    labels = json_arg(args.labels, "--labels") if args.labels is not None else training.get("labels")
-    if not labels:
-        raise InvalidInput(f"checkpoint {args.checkpoint} has no label table; pass --labels")
-    modality = args.modality or training.get("modality", "CT")
-    if args.intensity is not None:
-        intensity = parse_intensity(args.intensity)
-    else:
-        intensity = training.get("intensity") or dict(CT_WINDOW if modality == "CT" else MR_ZSCORE)
-    roi = args.roi_size or training.get("roi_size") or int(training.get("roi", 96))
-    if isinstance(roi, int):
-        roi = [roi] * 3
-    if args.metrics is not None:
-        metrics = json_arg(args.metrics, "--metrics")
-    else:
-        metrics = training.get("metrics") or (payload.get("extra") or {}).get("metrics") or {}
-    card = make_card(
-        name=args.name or args.out.name,
-        labels=labels,
-        modality=modality,
-        spacing=args.spacing or training.get("spacing") or [1.5, 1.5, 1.5],
-        intensity=intensity,
-        roi_size=roi,
-        overlap=args.overlap if args.overlap is not None else float(training.get("overlap", 0.5)),
-        version=args.version,
-        license=args.license or training.get("license") or "unspecified",
-        training_data=args.training_data or training.get("training_data") or "",
-        metrics=metrics,
-        description=args.description,
-    )
-    # DDP checkpoints prefix every key with "module."; packages hold the bare network's names.
-    state = {k.removeprefix("module."): v for k, v in payload["model"].items()}
-    path = save_package(
+    # Flags given here take precedence over the run's settings stored in the checkpoint.
+    path = package_checkpoint(
+        args.checkpoint,
         args.out,
-        model_name=config["model_name"],
-        model_config=config.get("model_config") or {},
-        state_dict=state,
-        card=card,
+        labels=json_arg(args.labels, "--labels") if args.labels is not None else None,
+        name=args.name or args.out.name,
+        version=args.version,
+        modality=args.modality,
+        spacing=args.spacing,
+        intensity=parse_intensity(args.intensity) if args.intensity is not None else None,
+        roi_size=args.roi_size,
+        overlap=args.overlap,
+        license=args.license,
+        training_data=args.training_data,
+        metrics=json_arg(args.metrics, "--metrics") if args.metrics is not None else None,
+        description=args.description,
         overwrite=args.overwrite,
     )
     if args.zip:

@@ -46,6 +46,8 @@ from mambamim.safe_write import safe_write
 WEIGHTS_FILE = "weights.safetensors"
 # The largest network we ship or train is well under 1 GB of float32 weights.
 MAX_PACKAGE_BYTES = 4 * 2**30
+# The ``format`` of fine-tuning checkpoints, from which packages are made.
+FINETUNE_FORMAT = "mambamim-finetune"
 @dataclass
 class LoadedPackage:
     """A verified package: the network in eval mode with its weights, the card, where it came from."""
@@ -124,6 +126,73 @@ def save_package(
         (tmp / WEIGHTS_FILE).write_bytes(blob)
         (tmp / CARD_FILE).write_text(json.dumps(full, indent=2) + "\n")
     return out_dir
+
+
+def package_checkpoint(
+    checkpoint: Union[str, Path],
+    out_dir: Union[str, Path],
+    *,
+    labels: Union[Mapping[str, Any], Sequence[Mapping[str, Any]], None] = None,
+    name: Union[str, None] = None,
+    version: str = "1.0.0",
+    modality: Union[str, None] = None,
+    spacing: Union[Sequence[float], None] = None,
+    intensity: Union[dict[str, Any], None] = None,
+    roi_size: Union[Sequence[int], None] = None,
+    overlap: Union[float, None] = None,
+    license: Union[str, None] = None,
+    training_data: Union[str, None] = None,
+    metrics: Union[dict[str, Any], None] = None,
+    description: str = "",
+    overwrite: bool = False,
+) -> Path:
+    """A model package from a fine-tuning checkpoint (``mambamim package`` and the end of a fine-tuning run).
+
+    The network and its weights come from the checkpoint; every card field that is not given (``None``)
+    comes from the run's settings stored in it, else a default: modality CT, spacing 1.5 mm, intensity by
+    modality, the crop size as window, overlap 0.5, the checkpoint's validation metrics.
+    """
+    from mambamim.checkpoint import load_checkpoint
+    from mambamim.data.intensity import CT_WINDOW, MR_ZSCORE
+
+    payload = load_checkpoint(checkpoint, expected_format=FINETUNE_FORMAT)
+    config = payload.get("config") or {}
+    if not config.get("model_name") or "model" not in payload:
+        raise PackageError(f"checkpoint {checkpoint} lacks config.model_name or the model state dict")
+    # Fine-tuning stores its settings under config.training.
+    training = {**config, **(config.get("training") or {})}
+    labels = labels if labels is not None else training.get("labels")
+    if not labels:
+        raise PackageError(f"checkpoint {checkpoint} has no label table; give one (--labels)")
+    modality = modality or training.get("modality", "CT")
+    roi = roi_size or training.get("roi_size") or int(training.get("roi", 96))
+    by_modality = CT_WINDOW if modality == "CT" else MR_ZSCORE
+    card = make_card(
+        name=name or training.get("package_name") or f"{config['model_name']}-finetuned",
+        labels=labels,
+        modality=modality,
+        spacing=spacing or training.get("spacing") or [1.5, 1.5, 1.5],
+        intensity=intensity or training.get("intensity") or dict(by_modality),
+        roi_size=[roi] * 3 if isinstance(roi, int) else roi,
+        overlap=overlap if overlap is not None else float(training.get("overlap", 0.5)),
+        version=version,
+        license=license or training.get("license") or "unspecified",
+        training_data=training_data or training.get("training_data") or "",
+        metrics=metrics if metrics is not None else (
+            training.get("metrics") or (payload.get("extra") or {}).get("metrics") or {}
+        ),
+        description=description,
+    )  # fmt: skip
+    # DDP checkpoints prefix every key with "module."; packages hold the bare network's names.
+    state = {k.removeprefix("module."): v for k, v in payload["model"].items()}
+    return save_package(
+        out_dir,
+        model_name=config["model_name"],
+        model_config=config.get("model_config") or {},
+        state_dict=state,
+        card=card,
+        overwrite=overwrite,
+    )
 
 
 def in_memory_package(
