@@ -69,14 +69,14 @@ class MambaMIMSegmenterParameterNode:
     seed: Annotated[int, WithinRange(0, 999999)] = 0
 
 
-class MambaMIMSegmenterLogic(ScriptedLoadableModuleLogic, libLogic.MambaMIMSegmenterLogic):
+class MambaMIMSegmenterLogic(ScriptedLoadableModuleLogic, libLogic.SegmenterLogic):
     """The library logic bound to Slicer's scene, temporary folder and settings."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         cacheDir = qt.QSettings().value(CACHE_SETTING) or str(libLogic.defaultCacheDir())
         registry = ModelRegistry(resourcePath("models.json"), Path(cacheDir))
-        libLogic.MambaMIMSegmenterLogic.__init__(
+        libLogic.SegmenterLogic.__init__(
             self, scene=slicer.mrmlScene, registry=registry, tempRoot=Path(slicer.app.temporaryPath)
         )
 

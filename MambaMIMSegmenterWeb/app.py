@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from MambaMIMSegmenterLib import InputError, MambaMIMSegmenterLogic, ModelRegistry, RegistryError
+from MambaMIMSegmenterLib import InputError, ModelRegistry, RegistryError, SegmenterLogic
 from MambaMIMSegmenterLib.logic import defaultCacheDir
 from MambaMIMSegmenterLib.registry import readCard
 from MambaMIMSegmenterLib.resources import resourcePath
@@ -48,7 +48,7 @@ class SegmenterWebApp(TrameApp):
         self.layout_manager.register_layout_dict(layouts())
         self.case = CaseScene(self.slicer_app, self.layout_manager)
         registry = ModelRegistry(resourcePath("models.json"), options.cache_dir or defaultCacheDir())
-        self.logic = MambaMIMSegmenterLogic(scene=self.slicer_app.scene, registry=registry)
+        self.logic = SegmenterLogic(scene=self.slicer_app.scene, registry=registry)
         self.job = None
         self.uploads = Path(tempfile.mkdtemp(prefix="mambamim-web-uploads-"))
         self._init_state()

@@ -1,4 +1,4 @@
-"""Issue 10: bad data never passes silently and nothing is left behind.
+"""Bad data never passes silently and nothing is left behind.
 
 Every case starts from a real scan in ../shared/data, transformed in pytest's temporary folder, and
 runs the `mambamim segment` command. Each refusal asserts: exit status 1, one error line on stderr

@@ -142,8 +142,9 @@ def test_from_checkpoint_round_trip_and_errors(tmp_path, batch):
     x, mask = batch
     model = tiny(mask_token="learnable", skip=False)
     path = tmp_path / "last.pt"
+    config = {"model": model.config.as_dict()}  # checkpoints store the configuration as a plain dict
     save_checkpoint(path, {"format": "mambamim-pretrain", "format_version": 1,
-                           "config": {"model": model.config}, "model": model.state_dict()})  # fmt: skip
+                           "config": config, "model": model.state_dict()})  # fmt: skip
     loaded = MambaMIM.from_checkpoint(path)
     assert loaded.config == model.config
     assert torch.allclose(predict(loaded, x, mask), predict(model, x, mask))
@@ -153,7 +154,7 @@ def test_from_checkpoint_round_trip_and_errors(tmp_path, batch):
     with pytest.raises(ValueError, match="finetune"):
         MambaMIM.from_checkpoint(other)
     wrong = tmp_path / "wrong.pt"
-    bigger = {**model.config, "decoder_channels": [8, 8, 8, 8, 8]}
+    bigger = {**model.config.as_dict(), "decoder_channels": [8, 8, 8, 8, 8]}
     save_checkpoint(
         wrong, {"format": "mambamim-pretrain", "config": {"model": bigger}, "model": model.state_dict()}
     )

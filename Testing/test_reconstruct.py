@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "last.pt"
     # 6 mm model spacing keeps the 122x101x112 (3 mm) scan to 8 crops of 32^3.
     training = {"roi": 32, "spacing": [6.0, 6.0, 6.0], "intensity": WINDOW}
-    config = {"model": model.config, "training": training}
+    config = {"model": model.config.as_dict(), "training": training}
     save_checkpoint(path, {"format": "mambamim-pretrain", "config": config, "model": model.state_dict()})
     return path
 

@@ -179,7 +179,7 @@ def test_out_of_memory_halves_the_window_batch():
     volume = torch.rand(1, 40, 40, 40)
     notes = []
     net = OomOnBigBatches()
-    got = sliding_window_logits(volume, net, (32, 32, 32), 0.5, sw_batch_size=4, notify=notes.append)
+    got = sliding_window_logits(volume, net, (32, 32, 32), 0.5, sw_batch_size=4, report=notes.append)
     want = sliding_window_logits(volume, ThresholdNet(), (32, 32, 32), 0.5, sw_batch_size=1)
     torch.testing.assert_close(got, want)
     assert notes == [

@@ -1,5 +1,5 @@
-"""Files a run writes: one line for a pre-training checkpoint that does not fit its own config
-(issue 10 item 8), and every written file follows the user's umask (item 9)."""
+"""Files a run writes: one line for a pre-training checkpoint that does not fit its own config, and every
+written file follows the user's umask."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_pretraining_checkpoint_not_fitting_its_config_is_one_line(damage, tmp_p
         weights = {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}
         expected = "missing"
     checkpoint = tmp_path / "last.pt"
-    config = {"model": model.config, "training": TRAINING}
+    config = {"model": model.config.as_dict(), "training": TRAINING}
     save_checkpoint(checkpoint, {"format": "mambamim-pretrain", "config": config, "model": weights})
     out = tmp_path / "out"
     code = reconstruct(["--checkpoint", str(checkpoint), "--input", str(sample_ct), "--output-dir", str(out),

@@ -1,6 +1,6 @@
 """Qt-free logic of the MambaMIM Segmenter Slicer module (usable from the Python console and scripts)."""
 
-from .logic import EngineJob, MambaMIMSegmenterLogic, defaultCacheDir
+from .logic import EngineJob, SegmenterLogic, defaultCacheDir
 from .progress import JsonLinesParser, ProgressEvent
 from .registry import ModelEntry, ModelRegistry, RegistryError
 from .resources import resourcePath
@@ -13,12 +13,12 @@ __all__ = [
     "EngineJob",
     "InputError",
     "JsonLinesParser",
-    "MambaMIMSegmenterLogic",
     "ModelEntry",
     "ModelRegistry",
     "ProcessRunner",
     "ProgressEvent",
     "RegistryError",
+    "SegmenterLogic",
     "defaultCacheDir",
     "resourcePath",
 ]

@@ -1,6 +1,6 @@
-"""MambaMIMSegmenterLogic: Qt-free, usable from the widget, the Python console and scripts.
+"""SegmenterLogic: Qt-free, usable from the widget, the Python console and scripts.
 
-    logic = MambaMIMSegmenterLogic()
+    logic = SegmenterLogic()
     segmentation = logic.segment(volumeNode, "btcv-hymamba-demo", "auto")          # blocks
     job = logic.segment(volumeNode, "btcv-hymamba-demo", "auto", waitForCompletion=False)
     while not job.poll(): ...                                                        # GUI: a QTimer
@@ -154,7 +154,7 @@ class EngineJob:
         shutil.rmtree(self.workDir, ignore_errors=True)
 
 
-class MambaMIMSegmenterLogic:
+class SegmenterLogic:
     """Segmentation and masked-input reconstruction through the engine child process."""
 
     def __init__(

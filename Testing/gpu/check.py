@@ -542,7 +542,7 @@ def oom_fallback(record: dict[str, Any], args) -> None:
     t = time.perf_counter()
     logits = sliding_window_logits(
         volume, network, [roi] * 3, 0.5, sw_batch_size=batch, sw_device=device, device=device,
-        notify=notes.append,
+        report=notes.append,
     )  # fmt: skip
     record.update(
         notes=notes,

@@ -90,10 +90,10 @@ def app() -> HeadlessSlicer:
 @pytest.fixture
 def logic(app, tmp_path):
     """The module's logic on the real registry, with its own model cache and temporary folder."""
-    from MambaMIMSegmenterLib import MambaMIMSegmenterLogic, ModelRegistry
+    from MambaMIMSegmenterLib import ModelRegistry, SegmenterLogic
 
     registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
-    return MambaMIMSegmenterLogic(
+    return SegmenterLogic(
         scene=app.scene, registry=registry, python=ENGINE_PYTHON, tempRoot=tmp_path / "tmp"
     )
 

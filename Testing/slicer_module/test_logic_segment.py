@@ -16,8 +16,8 @@ from MambaMIMSegmenterLib import (
     EngineCancelled,
     EngineError,
     InputError,
-    MambaMIMSegmenterLogic,
     ModelRegistry,
+    SegmenterLogic,
 )
 from MambaMIMSegmenterLib.registry import readCard
 
@@ -141,7 +141,7 @@ def test_crashed_child_gives_a_clear_error_and_leaves_nothing(
     app, small_ct_node, model_package, tmp_path, crashing_engine
 ):
     registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
-    logic = MambaMIMSegmenterLogic(
+    logic = SegmenterLogic(
         scene=app.scene,
         registry=registry,
         python=ENGINE_PYTHON,

@@ -9,7 +9,7 @@ from mambamim.errors import InvalidInput
 
 HELP = "segment a NIfTI/NRRD/MGH file, a DICOM folder or a folder of volumes with a model package"
 
-# The built-in demonstration package (issue 4, section 5), used when --model is not given.
+# The built-in demonstration package, used when --model is not given.
 DEMO_PACKAGE = Path(__file__).resolve().parents[3] / "Resources" / "models" / "btcv-hymamba-demo"
 
 

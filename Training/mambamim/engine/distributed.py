@@ -80,15 +80,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def mean_across_ranks(value: float, ctx: DistributedContext) -> float:
-    """Average a scalar over ranks (identity in one-process runs)."""
-    if not ctx.distributed:
-        return float(value)
-    tensor = torch.tensor([float(value)], device=ctx.device)
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / ctx.world_size
-
-
 def any_rank(flag: bool, ctx: DistributedContext) -> bool:
     """True on every rank if ``flag`` is true on any rank (used to stop all ranks on Ctrl-C together)."""
     if not ctx.distributed:

@@ -121,7 +121,10 @@ class PretrainRecipe:
         # Ablations (--no-skip, --no-bottom-up, learnable token) may leave modules without gradients.
         ablation = any(key in run.config.model for key in ("skip", "bottom_up", "mask_token"))
         return ModelSetup(
-            model, {"model": model.config}, epoch_columns=["mean_loss"], find_unused_parameters=ablation
+            model,
+            {"model": model.config.as_dict()},
+            epoch_columns=["mean_loss"],
+            find_unused_parameters=ablation,
         )
 
     def loss(self, run: Run, setup: ModelSetup) -> LossFn:

@@ -81,13 +81,13 @@ def segment_folder(
     if csv_path.exists() and not overwrite:
         raise FileExistsError(f"output {csv_path} already exists; pass --overwrite to replace it")
     package = model if isinstance(model, LoadedPackage) else load_package(model)
-    emit = progress or (lambda event: None)
+    progress = progress or (lambda event: None)
     rows = []
     for index, case in enumerate(cases):
 
         def scaled(event: ProgressEvent, index: int = index, case: BatchCase = case) -> None:
             fraction = (index + event.fraction) / len(cases)
-            emit(
+            progress(
                 ProgressEvent(
                     event.stage, fraction, None, f"[{index + 1}/{len(cases)} {case.name}] {event.message}"
                 )

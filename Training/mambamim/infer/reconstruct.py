@@ -1,4 +1,4 @@
-"""Reconstruct a randomly masked scan with a pre-trained MambaMIM (issue 3 §4; paper Fig. 9).
+"""Reconstruct a randomly masked scan with a pre-trained MambaMIM (paper Fig. 9).
 
 Pipeline: read the scan; resample it to model space with the checkpoint's own training spacing and
 intensity spec (:func:`mambamim.infer.preprocess.to_model_space`); pad it (with 0, the normalised

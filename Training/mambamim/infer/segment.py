@@ -126,7 +126,7 @@ def segment_image(
     tracker = ProgressTracker(progress, _STAGES)
     notes: list[str] = []
 
-    def note(message: str) -> None:
+    def report(message: str) -> None:
         notes.append(message)
         logger.warning(message)
         tracker.update("inference", 0.0, message)
@@ -168,7 +168,7 @@ def segment_image(
     layout = f"sliding {roi} windows at overlap {run_overlap} ({plan.policy}: {plan.reason})"
     tracker.update("inference", 0.0, layout)
     batch, stitch_device, estimate = _plan_memory(
-        network, array.shape, roi, num_classes, sw_device, batch, note, per_voxel
+        network, array.shape, roi, num_classes, sw_device, batch, report, per_voxel
     )
     needs = ", ".join(
         f"{format_bytes(estimate.needed_on(d))} on {d}" for d in sorted({sw_device.type, "cpu"})
@@ -191,7 +191,7 @@ def segment_image(
         device=stitch_device,
         on_window=on_window,
         cancel=cancel,
-        notify=note,
+        report=report,
     )
     labels = logits.argmax(0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int32).cpu().numpy()
     del logits, volume
@@ -246,8 +246,8 @@ def segment_file(
     """
     output_path = check_output_path(output_path, overwrite)
     t_start = time.perf_counter()
-    emit = progress or (lambda event: None)
-    emit(ProgressEvent("load", 0.0, None, f"reading {input_path}"))
+    progress = progress or (lambda event: None)
+    progress(ProgressEvent("load", 0.0, None, f"reading {input_path}"))
     t = time.perf_counter()
     image = read_image(input_path)
     read_s = time.perf_counter() - t
@@ -260,19 +260,19 @@ def segment_file(
 
         reference_image = read_image(reference, allow_constant=True)
         check_same_grid(image, reference_image, where=f"input {input_path}")
-    emit(ProgressEvent("load", 0.05, None, f"model {package.card.name} {package.card.version}"))
+    progress(ProgressEvent("load", 0.05, None, f"model {package.card.name} {package.card.version}"))
     if cancel is not None:
         cancel.raise_if_cancelled()
 
     def inner(event: ProgressEvent) -> None:
-        emit(ProgressEvent(event.stage, 0.05 + 0.9 * event.fraction, event.eta_s, event.message))
+        progress(ProgressEvent(event.stage, 0.05 + 0.9 * event.fraction, event.eta_s, event.message))
 
     options.setdefault("source", str(input_path))
     result = segment_image(image, package, progress=inner, cancel=cancel, **options)
     if cancel is not None:
         cancel.raise_if_cancelled()
     check_output_path(output_path, overwrite)  # again: the folder may have changed during the run
-    emit(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
+    progress(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
     t = time.perf_counter()
     result.output = write_image(result.labels, output_path, overwrite=overwrite)
     result.timings = {
@@ -298,7 +298,7 @@ def _plan_memory(
     num_classes: int,
     sw_device: torch.device,
     batch: int,
-    note: Callable[[str], None],
+    report: Callable[[str], None],
     per_voxel: float,
 ) -> tuple[int, torch.device, MemoryEstimate]:
     """Choose the window batch and stitching device that fit (with their estimate), or refuse with advice.
@@ -325,11 +325,11 @@ def _plan_memory(
         batch //= 2
         est = estimate(batch, stitch)
         if est.needed_on(sw_device.type) <= free:
-            note(f"limited memory: sw_batch_size={batch}")
+            report(f"limited memory: sw_batch_size={batch}")
     if sw_device.type == "cuda" and est.needed_on("cuda") > free:
         stitch = torch.device("cpu")
         est = estimate(batch, stitch)
-        note("the output does not fit on the GPU next to the network: stitching on the CPU")
+        report("the output does not fit on the GPU next to the network: stitching on the CPU")
     if est.needed_on(sw_device.type) > free:
         where = "GPU memory" if sw_device.type == "cuda" else "RAM"
         advice = (

@@ -46,14 +46,14 @@ def sliding_window_logits(
     device: torch.device | str = "cpu",
     on_window: Optional[WindowCallback] = None,
     cancel: Optional[CancelToken] = None,
-    notify: Optional[Callable[[str], None]] = None,
+    report: Optional[Callable[[str], None]] = None,
     sigma_scale: float = 0.125,
 ) -> torch.Tensor:
     """Blend the network's logits over windows of ``volume`` (C, X, Y, Z) into (classes, X, Y, Z).
 
     ``sw_device`` runs the network, ``device`` holds the stitched output (may differ: GPU network,
     CPU buffers for large volumes). ``cancel`` is checked before every window batch; ``on_window``
-    is called after each batch. ``notify`` receives a sentence whenever a memory fallback happens.
+    is called after each batch. ``report`` receives a sentence whenever a memory fallback happens.
     """
     if volume.ndim != 4:
         raise InvalidInput(f"volume must be (channels, X, Y, Z), got shape {tuple(volume.shape)}")
@@ -72,7 +72,7 @@ def sliding_window_logits(
     importance = compute_importance_map(tuple(roi), mode="gaussian", sigma_scale=sigma_scale, device=device)
     output: Optional[torch.Tensor] = None
     weight = torch.zeros([1, *padded], dtype=torch.float32, device=device)
-    say = notify or (lambda message: None)
+    report = report or (lambda message: None)
 
     start = 0
     batch = max(int(sw_batch_size), 1)
@@ -95,7 +95,7 @@ def sliding_window_logits(
                 torch.cuda.empty_cache()
             if batch > 1:
                 batch = max(batch // 2, 1)
-                say(f"out of memory: retrying with sw_batch_size={batch}")
+                report(f"out of memory: retrying with sw_batch_size={batch}")
                 continue
             if device.type != "cpu":
                 device = torch.device("cpu")
@@ -103,7 +103,7 @@ def sliding_window_logits(
                 output = None if output is None else output.to(device)
                 if sw_device.type == "cuda":
                     torch.cuda.empty_cache()
-                say("out of memory: stitching the output on the CPU, the network stays on the GPU")
+                report("out of memory: stitching the output on the CPU, the network stays on the GPU")
                 continue
             raise MemoryError(
                 f"out of memory with one {tuple(roi)} window on {sw_device}; use --device cpu, --fast, "

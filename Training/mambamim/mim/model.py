@@ -14,6 +14,7 @@ of the state dict load into ``build_model("hymamba", ...)`` of the same size wit
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,24 @@ from mambamim.nn.state_dict import strict_mismatch
 MASK_TOKENS = ("toki", "learnable")
 # The ``format`` field of a pre-training checkpoint (written by the pre-training recipe).
 PRETRAIN_FORMAT = "mambamim-pretrain"
+
+
+@dataclass(frozen=True)
+class MambaMIMConfig:
+    """The constructor arguments that rebuild a :class:`MambaMIM` (``MambaMIM(**config.as_dict())``);
+    checkpoints store :meth:`as_dict` under ``config["model"]``."""
+
+    encoder_config: dict[str, Any]
+    mask_ratio: float
+    mask_token: str
+    skip: bool
+    bottom_up: bool
+    norm_pix_loss: bool
+    norm_patch: int
+    decoder_channels: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(dataclasses.asdict(self))
 
 
 @dataclass
@@ -75,6 +94,12 @@ class MambaMIM(nn.Module):
         norm_pix_loss: normalise the targets per ``norm_patch``³ patch (mean/variance).
         norm_patch: edge of the normalisation patch in voxels.
         decoder_channels: decoder width per level, finest first; ``None`` = 16·2^i.
+
+    Example::
+
+        model = MambaMIM(mask_ratio=0.75)  # the published HyMamba encoder
+        out = model(torch.randn(2, 1, 96, 96, 96))  # MIMOutput: out.loss, out.reconstruction, out.mask
+        out.loss.backward()
     """
 
     def __init__(
@@ -100,16 +125,16 @@ class MambaMIM(nn.Module):
         levels = len(channels)
         if decoder_channels is None:
             decoder_channels = tuple(16 * 2**i for i in range(levels))
-        self.config: dict[str, Any] = {
-            "encoder_config": copy.deepcopy(dict(encoder_config or {})),
-            "mask_ratio": float(mask_ratio),
-            "mask_token": mask_token,
-            "skip": bool(skip),
-            "bottom_up": bool(bottom_up),
-            "norm_pix_loss": bool(norm_pix_loss),
-            "norm_patch": int(norm_patch),
-            "decoder_channels": [int(c) for c in decoder_channels],
-        }
+        self.config = MambaMIMConfig(
+            encoder_config=copy.deepcopy(dict(encoder_config or {})),
+            mask_ratio=float(mask_ratio),
+            mask_token=mask_token,
+            skip=bool(skip),
+            bottom_up=bool(bottom_up),
+            norm_pix_loss=bool(norm_pix_loss),
+            norm_patch=int(norm_patch),
+            decoder_channels=[int(c) for c in decoder_channels],
+        )
         self.mask_ratio = float(mask_ratio)
         self.bottom_up = bool(bottom_up)
         self.norm_pix_loss = bool(norm_pix_loss)
@@ -145,7 +170,7 @@ class MambaMIM(nn.Module):
 
     def fill_masked_tokens(self, sequence: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Fill the masked slots of a scan-ordered (B, N, C) Mamba output (TOKI or the learnable token)."""
-        if self.config["mask_token"] == "toki":
+        if self.config.mask_token == "toki":
             return self.toki(sequence, masked)
         return torch.where(masked.unsqueeze(-1), self.mamba_mask_token.to(sequence.dtype), sequence)
 
