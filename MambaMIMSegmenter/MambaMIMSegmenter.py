@@ -7,7 +7,7 @@ Supported: Slicer 5.10 and newer (Python 3.12). On an older Slicer the module sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import qt
 import slicer
@@ -88,7 +88,7 @@ class MambaMIMSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic: Optional[MambaMIMSegmenterLogic] = None
+        self.logic: MambaMIMSegmenterLogic | None = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._tasks = TaskSlot()  # one background task at a time: engine run, download, install, probe

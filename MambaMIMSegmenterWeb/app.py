@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from MambaMIMSegmenterLib import InputError, ModelRegistry, RegistryError, SegmenterLogic
 from MambaMIMSegmenterLib.logic import defaultCacheDir
@@ -31,11 +31,11 @@ LOG_LINES = 200
 class AppOptions:
     """Server-side settings (from ``mambamim web``'s arguments)."""
 
-    data_dir: Optional[Path] = None
-    load: Optional[Path] = None
-    sample: Optional[Path] = None
+    data_dir: Path | None = None
+    load: Path | None = None
+    sample: Path | None = None
     image_format: str = "turbo-jpeg"
-    cache_dir: Optional[Path] = None
+    cache_dir: Path | None = None
 
 
 class SegmenterWebApp(TrameApp):
@@ -147,7 +147,7 @@ class SegmenterWebApp(TrameApp):
                 found.append(relative + "/")
         return found
 
-    def sample_path(self) -> Optional[Path]:
+    def sample_path(self) -> Path | None:
         sample = self.options.sample
         return sample if sample is not None and sample.exists() else None
 
@@ -248,7 +248,7 @@ class SegmenterWebApp(TrameApp):
                 self.state.progress = progress.percent
                 self.state.progress_text = progress.text
 
-        def on_done(result: Any, error: Optional[BaseException]) -> None:
+        def on_done(result: Any, error: BaseException | None) -> None:
             with self.state:
                 self.job = None
                 self.state.running = ""

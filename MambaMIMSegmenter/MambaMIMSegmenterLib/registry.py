@@ -20,7 +20,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .cardschema import cardProblems
 from .download import Download, DownloadError, sha256File, verifySha256
@@ -66,7 +66,7 @@ class ModelEntry:
         )
 
     @property
-    def localSource(self) -> Optional[Path]:
+    def localSource(self) -> Path | None:
         """The file or folder for local URLs (relative paths and file://); None for remote ones."""
         parsed = urllib.parse.urlparse(self.url)
         if parsed.scheme == "file":
@@ -126,7 +126,7 @@ def validateRegistry(data: Any, schema: dict[str, Any], source: str) -> None:
 class ModelRegistry:
     """Registry entries plus packages imported into ``cacheDir``; fetches and verifies models."""
 
-    def __init__(self, registryFile: Path, cacheDir: Path, schemaFile: Optional[Path] = None):
+    def __init__(self, registryFile: Path, cacheDir: Path, schemaFile: Path | None = None):
         self.registryFile = Path(registryFile)
         self.cacheDir = Path(cacheDir)
         self.schemaFile = (
@@ -159,7 +159,7 @@ class ModelRegistry:
                 continue  # a broken import is reported when imported, not on every listing
         return entries
 
-    def entries(self, task: Optional[str] = None) -> list[ModelEntry]:
+    def entries(self, task: str | None = None) -> list[ModelEntry]:
         entries = self.builtinEntries() + self.importedEntries()
         return [e for e in entries if task is None or e.task == task]
 
@@ -191,7 +191,7 @@ class ModelRegistry:
         )
 
     # -- availability -------------------------------------------------------------------------------
-    def localPath(self, entry: ModelEntry) -> Optional[Path]:
+    def localPath(self, entry: ModelEntry) -> Path | None:
         """The verified package folder or checkpoint, if usable without downloading; else None."""
         source = entry.localSource
         if source is not None:

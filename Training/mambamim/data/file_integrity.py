@@ -24,7 +24,6 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import psutil
@@ -50,7 +49,7 @@ class DeclaredData:
     components: int
     data_file: Path
     offset: int  # bytes before the voxel data in ``data_file`` (uncompressed stream for gzip)
-    compression: Optional[str]  # None, "gzip" (the whole file), "deflate" (data only), "other"
+    compression: str | None  # None, "gzip" (the whole file), "deflate" (data only), "other"
     scaling: tuple[float, float] = (1.0, 0.0)
 
     @property
@@ -77,7 +76,7 @@ def verify_image_file(path: Path) -> None:
             _scan_stream(path, declared, iter(lambda: handle.read(_CHUNK), b""))
 
 
-def _declared_data(path: Path) -> Optional[DeclaredData]:
+def _declared_data(path: Path) -> DeclaredData | None:
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz", ".mgh", ".mgz")):
         return _nibabel_header(path, gz=name.endswith((".gz", ".mgz")))

@@ -7,7 +7,7 @@ segmentation shows the same colours in Slicer, the web app and every exported fi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 from mambamim.errors import MambaMIMError
 
@@ -39,7 +39,7 @@ class LabelError(MambaMIMError, ValueError):
     """A label table is malformed; the message says which record and why."""
 
 
-def parse_labels(labels: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+def parse_labels(labels: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Normalise a label table to ``[{value, name, color, snomed?}]`` sorted by value, background dropped.
 
     Accepts ``{"1": "spleen", ...}`` (MSD ``dataset.json`` / ``labels_*.json`` style) or a list of

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from mambamim.data.imageio import READ_SUFFIXES, image_suffix, is_dicom_folder, write_csv
 from mambamim.errors import InvalidInput
@@ -33,7 +33,7 @@ class BatchCase:
 
 
 def find_cases(
-    input_dir: Union[str, Path], output_dir: Union[str, Path], fmt: str = "nii.gz"
+    input_dir: str | Path, output_dir: str | Path, fmt: str = "nii.gz"
 ) -> list[BatchCase]:
     """The cases of ``input_dir`` with their output paths in ``output_dir``."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
@@ -60,14 +60,14 @@ def find_cases(
 
 
 def segment_folder(
-    input_dir: Union[str, Path],
-    output_dir: Union[str, Path],
-    model: Union[str, Path, LoadedPackage],
+    input_dir: str | Path,
+    output_dir: str | Path,
+    model: str | Path | LoadedPackage,
     *,
     fmt: str = "nii.gz",
     overwrite: bool = False,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
     **options: Any,
 ) -> tuple[list[dict[str, Any]], Path]:
     """Segment every case; returns the timing rows and the CSV path (``output_dir/timings.csv``).

@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -91,7 +91,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def format_summary(summary: Sequence[dict[str, Any]]) -> str:
     """A fixed-width text table: class, Dice mean ± sd, HD95 mean ± sd (mm), cases scored / absent."""
 
-    def pm(mean: Optional[float], sd: Optional[float], digits: int) -> str:
+    def pm(mean: float | None, sd: float | None, digits: int) -> str:
         return "absent" if mean is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
     name_width = max([len("class"), *(len(s["name"]) for s in summary)])
@@ -121,7 +121,7 @@ def format_dice_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def pair_cases(pred: Union[str, Path], ref: Union[str, Path]) -> list[tuple[str, Path, Path]]:
+def pair_cases(pred: str | Path, ref: str | Path) -> list[tuple[str, Path, Path]]:
     """``(case, pred_path, ref_path)``: one pair for two files, matched by name for two folders.
 
     A prediction named ``<case>_seg.<ext>`` (what batch ``segment`` writes) matches reference ``<case>``.
@@ -151,7 +151,7 @@ def pair_cases(pred: Union[str, Path], ref: Union[str, Path]) -> list[tuple[str,
 
 
 def evaluate_paths(
-    pred: Union[str, Path], ref: Union[str, Path], labels: Optional[Sequence[dict[str, Any]]] = None
+    pred: str | Path, ref: str | Path, labels: Sequence[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
     """Rows for every case (see :func:`pair_cases`); ``labels`` default to every value found."""
     rows = []
@@ -163,7 +163,7 @@ def evaluate_paths(
     return rows
 
 
-def write_rows_csv(rows: Sequence[dict[str, Any]], path: Union[str, Path], overwrite: bool = False) -> Path:
+def write_rows_csv(rows: Sequence[dict[str, Any]], path: str | Path, overwrite: bool = False) -> Path:
     """Write rows atomically; undefined scores are empty cells (the status column says why)."""
     cells = ({k: _cell(row.get(k)) for k in CSV_FIELDS} for row in rows)
     return write_csv(path, CSV_FIELDS, cells, overwrite=overwrite)
@@ -179,7 +179,7 @@ def _cell(value: Any) -> Any:
 
 def _dice_hd95(
     pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], hd95: bool
-) -> tuple[float, Optional[float]]:
+) -> tuple[float, float | None]:
     from monai.metrics import compute_dice, compute_hausdorff_distance
 
     # Crop to the union's bounding box (+1 voxel) so HD95's distance transforms stay small.

@@ -14,8 +14,6 @@ modality rule before it starts the engine:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import SimpleITK as sitk
 
@@ -32,14 +30,14 @@ class InputRefused(MambaMIMError, ValueError):
     """The volume is readable but not something to segment with this model (override flag in the text)."""
 
 
-def image_modality(image: sitk.Image, values: Optional[np.ndarray] = None) -> tuple[str, str]:
+def image_modality(image: sitk.Image, values: np.ndarray | None = None) -> tuple[str, str]:
     """:func:`modality_rule` for an image read by :func:`mambamim.data.imageio.read_image` (which keeps a
     DICOM series' Modality tag as metadata); ``values`` may be given when the caller has the array."""
     tag = image.GetMetaData(DICOM_MODALITY_KEY) if image.HasMetaDataKey(DICOM_MODALITY_KEY) else None
     return modality_rule(sitk.GetArrayViewFromImage(image) if values is None else values, tag)
 
 
-def label_map_evidence(array: np.ndarray) -> Optional[str]:
+def label_map_evidence(array: np.ndarray) -> str | None:
     """Words describing why ``array`` looks like a label map, or None when it looks like a scan."""
     sample = sample_voxels(array)
     if not (np.issubdtype(sample.dtype, np.integer) or bool(np.all(np.mod(sample, 1) == 0))):
@@ -73,7 +71,7 @@ def check_segmentation_input(
     source: str,
     expected: str,
     *,
-    modality: Optional[str] = None,
+    modality: str | None = None,
     allow_label_map: bool = False,
     allow_other_modality: bool = False,
     allow_small: bool = False,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import psutil
@@ -99,7 +98,7 @@ def estimate_memory(
     sw_batch_size: int,
     network_device: str,
     stitch_device: str,
-    activation_per_voxel: Optional[float] = None,
+    activation_per_voxel: float | None = None,
 ) -> MemoryEstimate:
     """``activation_per_voxel`` (from :func:`activation_bytes_per_voxel`) is measured when not given."""
     weights = sum(p.numel() * p.element_size() for p in network.parameters())

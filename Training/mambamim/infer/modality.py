@@ -10,7 +10,7 @@ bias correction. (On the shared scans: CT -1023 and -1024, MR -4 and 0.)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def sample_voxels(values: Any) -> np.ndarray:
     return flat[:: max(1, flat.size // SAMPLE_VOXELS)]
 
 
-def modality_rule(values: Any, dicom_modality: Optional[str] = None) -> tuple[str, str]:
+def modality_rule(values: Any, dicom_modality: str | None = None) -> tuple[str, str]:
     """``(modality, evidence in words)``: "CT", "MR" or another DICOM modality, and why."""
     if dicom_modality is not None and dicom_modality.strip():
         tag = dicom_modality.strip().upper()
@@ -50,12 +50,12 @@ def modality_rule(values: Any, dicom_modality: Optional[str] = None) -> tuple[st
     )
 
 
-def guess_modality(values: Any, dicom_modality: Optional[str] = None) -> str:
+def guess_modality(values: Any, dicom_modality: str | None = None) -> str:
     """The modality alone, by :func:`modality_rule`."""
     return modality_rule(values, dicom_modality)[0]
 
 
-def check_modality(expected: str, modality: Optional[str], package_path: Union[str, Path]) -> None:
+def check_modality(expected: str, modality: str | None, package_path: str | Path) -> None:
     """Refuse (``ModalityMismatch``) a package made for ``expected`` (its card's ``input.modality``) when
     the input is ``modality``."""
     if modality is not None and modality.upper() != expected:

@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +60,7 @@ class LoadedPackage:
 def make_card(
     *,
     name: str,
-    labels: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]],
+    labels: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     modality: str,
     spacing: Sequence[float],
     intensity: dict[str, Any],
@@ -70,7 +70,7 @@ def make_card(
     version: str = "1.0.0",
     license: str = "unspecified",
     training_data: str = "",
-    metrics: Union[dict[str, Any], None] = None,
+    metrics: dict[str, Any] | None = None,
     description: str = "",
 ) -> dict[str, Any]:
     """The card fields a caller provides; :func:`save_package` adds architecture, weights and format."""
@@ -96,7 +96,7 @@ def make_card(
 
 
 def save_package(
-    out_dir: Union[str, Path],
+    out_dir: str | Path,
     *,
     model_name: str,
     model_config: dict[str, Any],
@@ -129,20 +129,20 @@ def save_package(
 
 
 def package_checkpoint(
-    checkpoint: Union[str, Path],
-    out_dir: Union[str, Path],
+    checkpoint: str | Path,
+    out_dir: str | Path,
     *,
-    labels: Union[Mapping[str, Any], Sequence[Mapping[str, Any]], None] = None,
-    name: Union[str, None] = None,
+    labels: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    name: str | None = None,
     version: str = "1.0.0",
-    modality: Union[str, None] = None,
-    spacing: Union[Sequence[float], None] = None,
-    intensity: Union[dict[str, Any], None] = None,
-    roi_size: Union[Sequence[int], None] = None,
-    overlap: Union[float, None] = None,
-    license: Union[str, None] = None,
-    training_data: Union[str, None] = None,
-    metrics: Union[dict[str, Any], None] = None,
+    modality: str | None = None,
+    spacing: Sequence[float] | None = None,
+    intensity: dict[str, Any] | None = None,
+    roi_size: Sequence[int] | None = None,
+    overlap: float | None = None,
+    license: str | None = None,
+    training_data: str | None = None,
+    metrics: dict[str, Any] | None = None,
     description: str = "",
     overwrite: bool = False,
 ) -> Path:
@@ -196,7 +196,7 @@ def package_checkpoint(
 
 
 def in_memory_package(
-    model: nn.Module, card: dict[str, Any], model_name: str, model_config: Union[dict[str, Any], None] = None
+    model: nn.Module, card: dict[str, Any], model_name: str, model_config: dict[str, Any] | None = None
 ) -> LoadedPackage:
     """A package of a network that is not saved (benchmarks and checks with random weights); ``card`` as
     :func:`make_card` returns it."""
@@ -219,7 +219,7 @@ def _full_card(
     return full
 
 
-def write_zip(package_dir: Union[str, Path], zip_path: Union[str, Path], overwrite: bool = False) -> Path:
+def write_zip(package_dir: str | Path, zip_path: str | Path, overwrite: bool = False) -> Path:
     """Archive a package folder as a .zip (card and weights at the top level), atomically."""
     package_dir, zip_path = Path(package_dir), Path(zip_path)
     read_card(package_dir)  # never archive an invalid package
@@ -232,13 +232,13 @@ def write_zip(package_dir: Union[str, Path], zip_path: Union[str, Path], overwri
     return zip_path
 
 
-def read_card(path: Union[str, Path]) -> ModelCard:
+def read_card(path: str | Path) -> ModelCard:
     """The validated card of a package folder or .zip, without loading the weights."""
     card, _ = _read_package_files(Path(path), with_weights=False)
     return card
 
 
-def load_package(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LoadedPackage:
+def load_package(path: str | Path, device: str | torch.device = "cpu") -> LoadedPackage:
     """Load and verify a package (folder or .zip): SHA-256 of the weights, then a strict state-dict load."""
     path = Path(path)
     card, weights = _read_package_files(path, with_weights=True)

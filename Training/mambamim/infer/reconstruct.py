@@ -27,7 +27,7 @@ import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ class ReconstructResult:
     device: str
 
 
-def output_paths(input_path: Union[str, Path], output_dir: Union[str, Path], fmt: str) -> dict[str, Path]:
+def output_paths(input_path: str | Path, output_dir: str | Path, fmt: str) -> dict[str, Path]:
     """Where :func:`reconstruct_file` writes for ``input_path``; a DICOM folder is named after the folder."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -74,7 +74,7 @@ def output_paths(input_path: Union[str, Path], output_dir: Union[str, Path], fmt
     }
 
 
-def training_geometry(payload: dict[str, Any], path: Union[str, Path]) -> tuple[list[float], dict, int]:
+def training_geometry(payload: dict[str, Any], path: str | Path) -> tuple[list[float], dict, int]:
     """(spacing, intensity spec, crop size) the checkpoint was pre-trained with (paper defaults if absent)."""
     training = (payload.get("config") or {}).get("training") or {}
     spacing = [float(s) for s in training.get("spacing", DEFAULT_SPACING)]
@@ -101,7 +101,7 @@ def reconstruct_volume(
     seed: int,
     device: torch.device,
     on_crop=None,
-    cancel: Optional[CancelToken] = None,
+    cancel: CancelToken | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Mask and reconstruct a model-space ``volume`` crop by crop.
 
@@ -136,14 +136,14 @@ def reconstruct_volume(
 
 
 def reconstruct_file(
-    checkpoint: Union[str, Path],
-    input_path: Union[str, Path],
-    output_dir: Union[str, Path],
+    checkpoint: str | Path,
+    input_path: str | Path,
+    output_dir: str | Path,
     mask_ratio: float = 0.75,
     seed: int = 0,
     device: str = "auto",
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
     fmt: str = "nii.gz",
     overwrite: bool = False,
 ) -> ReconstructResult:

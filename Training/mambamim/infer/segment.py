@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,7 +59,7 @@ class SegmentResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     memory_estimate: dict[str, int] = field(default_factory=dict)  # bytes per device, before the run
     windows: dict[str, Any] = field(default_factory=dict)  # policy, roi, overlap, count of the run
-    output: Optional[Path] = None
+    output: Path | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,7 +76,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_channels(card: ModelCard, package_path: Union[str, Path]) -> None:
+def check_channels(card: ModelCard, package_path: str | Path) -> None:
     """Refuse a package needing more input channels than one image provides."""
     if card.input.channels != 1:
         raise InvalidInput(
@@ -91,17 +91,17 @@ def segment_image(
     *,
     device: str = "auto",
     fast: bool = False,
-    overlap: Optional[float] = None,
-    sw_batch_size: Optional[int] = None,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
     keep_largest: bool = False,
-    modality: Optional[str] = None,
+    modality: str | None = None,
     allow_label_map: bool = False,
     allow_other_modality: bool = False,
     allow_small: bool = False,
     window_policy: str = "auto",
     source: str = "the input volume",
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> SegmentResult:
     """Segment ``image`` with ``package``; see the module docstring.
 
@@ -228,14 +228,14 @@ def segment_image(
 
 
 def segment_file(
-    input_path: Union[str, Path],
-    output_path: Union[str, Path],
-    model: Union[str, Path, LoadedPackage],
+    input_path: str | Path,
+    output_path: str | Path,
+    model: str | Path | LoadedPackage,
     *,
     overwrite: bool = False,
-    reference: Union[str, Path, None] = None,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
+    reference: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
     **options: Any,
 ) -> SegmentResult:
     """Read ``input_path``, segment it, write the label map atomically to ``output_path``.

@@ -10,7 +10,6 @@ out-of-memory needs a fallback: halve the window batch, then move the stitching 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +43,9 @@ def sliding_window_logits(
     sw_batch_size: int = 1,
     sw_device: torch.device | str = "cpu",
     device: torch.device | str = "cpu",
-    on_window: Optional[WindowCallback] = None,
-    cancel: Optional[CancelToken] = None,
-    report: Optional[Callable[[str], None]] = None,
+    on_window: WindowCallback | None = None,
+    cancel: CancelToken | None = None,
+    report: Callable[[str], None] | None = None,
     sigma_scale: float = 0.125,
 ) -> torch.Tensor:
     """Blend the network's logits over windows of ``volume`` (C, X, Y, Z) into (classes, X, Y, Z).
@@ -70,7 +69,7 @@ def sliding_window_logits(
     total = len(slices)
     sw_device, device = torch.device(sw_device), torch.device(device)
     importance = compute_importance_map(tuple(roi), mode="gaussian", sigma_scale=sigma_scale, device=device)
-    output: Optional[torch.Tensor] = None
+    output: torch.Tensor | None = None
     weight = torch.zeros([1, *padded], dtype=torch.float32, device=device)
     report = report or (lambda message: None)
 
