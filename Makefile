@@ -62,7 +62,7 @@ egl:
 			echo "EGL/Mesa packages missing ($(EGL_PACKAGES)): the rendering tests will be skipped"; \
 		fi; }
 
-# Triton for the interpreter test's child process only (Testing/test_selective_scan_triton.py): installed in
+# Triton for the interpreter test's child process only (Testing/ops/test_selective_scan_triton.py): installed in
 # the test venv, torch would import it in every process, and its LLVM crashes beside Mesa's (rendering tests).
 TRITON_SITE ?= .triton-site
 triton-site: venv

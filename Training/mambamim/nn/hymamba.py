@@ -2,7 +2,7 @@
 
 The default network is the authors' published ``Hybird`` (``models/network/hymamba.py`` of
 github.com/FengheTan9/MambaMIM, commit 471c2f6, built by its ``build_hybird``): loading their weights
-through :mod:`mambamim.infer.convert` reproduces their outputs (``Testing/test_published_networks.py``
+through :mod:`mambamim.infer.convert` reproduces their outputs (``Testing/nn/test_published_networks.py``
 checks it against the authors' model saved as data). Every level *raises its channels before
 pooling*, so each skip lives at a finer resolution than its channel count suggests. With
 ``channels = (C0 .. C4) = (32, 64, 128, 192, 384)`` and a 96³ window:

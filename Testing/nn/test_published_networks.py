@@ -20,7 +20,7 @@ from mambamim.cli import main as cli_main
 from mambamim.infer.convert import ConversionError, build_for, convert_checkpoint
 from mambamim.nn import build_model
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "official"
 TOLERANCE = 1e-4
 
 

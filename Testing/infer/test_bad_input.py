@@ -35,7 +35,7 @@ from mambamim.infer.batch import find_cases
 from mambamim.infer.card import CARD_FILE
 from mambamim.infer.package import WEIGHTS_FILE, write_zip
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "Resources" / "models" / "btcv-hymamba-demo"
 
 

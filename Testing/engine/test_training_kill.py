@@ -15,7 +15,7 @@ import pytest
 import torch
 from mambamim.checkpoint import load_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[1] / "Training" / "pretrain.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "Training" / "pretrain.py"
 RUN_FILES = {"last.pt", "config.json", "train_log.csv", "epochs.csv", "encoder.safetensors", "tensorboard"}
 
 

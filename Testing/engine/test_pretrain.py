@@ -118,7 +118,7 @@ def test_training_script_saves_and_exits_130_on_ctrl_c(tmp_path, sample_ct):
     import time
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "Training" / "pretrain.py"
+    script = Path(__file__).resolve().parents[2] / "Training" / "pretrain.py"
     out = tmp_path / "run"
     command = [
         sys.executable, str(script), str(sample_ct), "-o", str(out), "--preset", "tiny", "--epochs", "500",

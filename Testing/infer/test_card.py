@@ -13,7 +13,7 @@ import pytest
 from mambamim.infer.card import ModelCard, PackageError, card_schema
 from MambaMIMSegmenterLib.cardschema import cardProblems
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "Resources" / "models" / "btcv-hymamba-demo"
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mambamim.mim.toki import TOKI, toki_fill
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper" / "toki_eq8.json"
+FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "paper" / "toki_eq8.json"
 
 
 def eq8_cases() -> list[dict]:

@@ -14,7 +14,7 @@ import torch
 from mambamim.ops import ENV_VAR, backend_report, backends, causal_conv1d_fn, selective_scan_fn
 from mambamim.ops.backends import resolve_backend
 
-CHECKS = Path(__file__).resolve().parent / "triton_interpreter" / "interpreted_scan_checks.py"
+CHECKS = Path(__file__).resolve().parents[1] / "triton_interpreter" / "interpreted_scan_checks.py"
 
 
 def _triton_path() -> str:
