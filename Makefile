@@ -14,7 +14,7 @@ VENV312 ?= .venv312
 # Mesa's software driver; installed when missing (Debian packages, as root).
 EGL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
 
-.PHONY: venv venv312 egl demo test test312 lint bench clean web-venv web test-web chromium gpu-wheels gpu-check triton-site
+.PHONY: venv venv312 egl demo test test-fast test312 lint bench clean web-venv web test-web chromium gpu-wheels gpu-check triton-site
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ test: venv lint egl triton-site
 	MAMBAMIM_TRITON_SITE=$(abspath $(TRITON_SITE)) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 	$(MAKE) test312
 	$(MAKE) test-web
+
+# The inner loop: the main environment's tests without those marked slow (over 10 s each).
+test-fast: venv triton-site
+	MAMBAMIM_TRITON_SITE=$(abspath $(TRITON_SITE)) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -m "not slow"
 
 # The browser front end lives in its own environment: trame-slicer 2 pins slicer-core 5.11 and vtk 9.6,
 # while the test environment above tests the Slicer library on the newest slicer-core.
