@@ -21,8 +21,6 @@ from mambamim.infer.reconstruct import reconstruct_file
 from mambamim.infer.segment import segment_file
 from mambamim.mim.model import MambaMIM
 
-TINY = {"channels": [4, 6, 8, 8, 12], "blocks": [1, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
-        "mamba_depth": 1, "d_state": 4}  # fmt: skip
 TRAINING = {
     "roi": 32,
     "spacing": [6.0, 6.0, 6.0],
@@ -37,10 +35,12 @@ def reconstruct(argv: list[str]) -> int:
 
 
 @pytest.mark.parametrize("damage", ["other decoder", "missing keys"])
-def test_pretraining_checkpoint_not_fitting_its_config_is_one_line(damage, tmp_path, sample_ct, capsys):
-    model = MambaMIM(TINY, decoder_channels=[4, 4, 4, 4, 8])
+def test_pretraining_checkpoint_not_fitting_its_config_is_one_line(
+    damage, tmp_path, sample_ct, capsys, tiny_mim_encoder
+):
+    model = MambaMIM(tiny_mim_encoder, decoder_channels=[4, 4, 4, 4, 8])
     if damage == "other decoder":
-        weights = MambaMIM(TINY, decoder_channels=[4, 4, 4, 8, 8]).state_dict()
+        weights = MambaMIM(tiny_mim_encoder, decoder_channels=[4, 4, 4, 8, 8]).state_dict()
         expected = "shape-mismatched"
     else:
         weights = {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}

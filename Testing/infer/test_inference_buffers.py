@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from mambamim.nn.blocks import InstanceNorm, ResidualConvBlock, UpBlock, reuse_buffers, upsample_transposed
 from mambamim.nn.hymamba import HyMamba
-from test_hymamba import TINY
 from torch import nn
 
 CL = torch.channels_last_3d
@@ -111,9 +110,9 @@ def test_up_block_buffer_path_equals_concatenation(with_skip_block):
     torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_hymamba_inference_equals_training_forward_and_keeps_its_input():
+def test_hymamba_inference_equals_training_forward_and_keeps_its_input(tiny_hymamba):
     torch.manual_seed(3)
-    model = HyMamba(**TINY).eval()
+    model = HyMamba(**tiny_hymamba).eval()
     for module in model.modules():  # the published decoder's instance norms have no parameters
         if isinstance(module, InstanceNorm) and module.weight is not None:
             _affine(module)

@@ -14,8 +14,6 @@ from mambamim.commands import reconstruct as command
 from mambamim.infer.reconstruct import output_paths, reconstruct_file
 from mambamim.mim.model import MambaMIM
 
-TINY = {"channels": [4, 6, 8, 8, 12], "blocks": [1, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
-        "mamba_depth": 1, "d_state": 4}  # fmt: skip
 WINDOW = {"type": "window", "lower": -175.0, "upper": 250.0}
 
 
@@ -27,9 +25,9 @@ def main(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, tiny_mim_encoder):
     torch.manual_seed(0)
-    model = MambaMIM(TINY, decoder_channels=[4, 4, 4, 4, 8])
+    model = MambaMIM(tiny_mim_encoder, decoder_channels=[4, 4, 4, 4, 8])
     path = tmp_path_factory.mktemp("ckpt") / "last.pt"
     # 6 mm model spacing keeps the 122x101x112 (3 mm) scan to 8 crops of 32^3.
     training = {"roi": 32, "spacing": [6.0, 6.0, 6.0], "intensity": WINDOW}

@@ -10,15 +10,6 @@ from mambamim.nn.blocks import ChannelLayerNorm, ResidualConvBlock, UpBlock, ups
 from mambamim.nn.hymamba import HyMamba, HyMambaEncoder, MedNeXtBlock
 from mambamim.nn.vision_mamba import VisionMambaStage, sincos_position_embedding_3d
 
-TINY = dict(
-    channels=(4, 8, 8, 12, 12),
-    blocks=(1, 1, 2, 1, 1),
-    expansion=(2, 2, 2, 2, 2),
-    mamba_depth=2,
-    d_state=4,
-    out_channels=3,
-)
-
 
 def _assert_all_grads(model: torch.nn.Module) -> None:
     missing = [n for n, p in model.named_parameters() if p.grad is None]
@@ -28,8 +19,10 @@ def _assert_all_grads(model: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize(("scan_order", "bidirectional"), [("raster", False), ("hilbert", True)])
-def test_tiny_forward_on_odd_size_and_backward_reaches_every_parameter(scan_order, bidirectional):
-    model = HyMamba(in_channels=2, scan_order=scan_order, bidirectional=bidirectional, **TINY)
+def test_tiny_forward_on_odd_size_and_backward_reaches_every_parameter(
+    tiny_hymamba, scan_order, bidirectional
+):
+    model = HyMamba(in_channels=2, scan_order=scan_order, bidirectional=bidirectional, **tiny_hymamba)
     x = torch.randn(2, 2, 32, 48, 64)
     logits = model(x)
     assert logits.shape == (2, 3, 32, 48, 64)
@@ -38,9 +31,9 @@ def test_tiny_forward_on_odd_size_and_backward_reaches_every_parameter(scan_orde
     _assert_all_grads(model)
 
 
-def test_encoder_feature_pyramid_and_module_structure():
+def test_encoder_feature_pyramid_and_module_structure(tiny_hymamba_encoder):
     """Published layout: skip i has C_{i+1} channels at 1/2^i, the bottleneck C4 at 1/16."""
-    enc = HyMambaEncoder(in_channels=1, **{k: v for k, v in TINY.items() if k != "out_channels"})
+    enc = HyMambaEncoder(in_channels=1, **tiny_hymamba_encoder)
     feats = enc(torch.randn(1, 1, 16, 32, 48))
     assert [tuple(f.shape) for f in feats] == [
         (1, 8, 16, 32, 48), (1, 8, 8, 16, 24), (1, 12, 4, 8, 12), (1, 12, 2, 4, 6), (1, 12, 1, 2, 3)
@@ -55,10 +48,10 @@ def test_encoder_feature_pyramid_and_module_structure():
     assert all(f.is_contiguous(memory_format=torch.channels_last_3d) for f in feats[:4])
 
 
-def test_encoder_follows_the_documented_dataflow():
+def test_encoder_follows_the_documented_dataflow(tiny_hymamba_encoder):
     """f = stem(x); per level: stages[i], raw skip s_i = downsamples[i].conv, pool; stages[4]; mamba; the
     returned skips are skip_blocks[i](s_i) — by hand."""
-    enc = HyMambaEncoder(**{k: v for k, v in TINY.items() if k != "out_channels"}).eval()
+    enc = HyMambaEncoder(**tiny_hymamba_encoder).eval()
     x = torch.randn(1, 1, 16, 16, 32)
     with torch.no_grad():
         f = enc.stem(x)
@@ -78,8 +71,8 @@ def test_encoder_follows_the_documented_dataflow():
             torch.testing.assert_close(a, b)
 
 
-def test_decoder_follows_the_published_layout():
-    model = HyMamba(**TINY)
+def test_decoder_follows_the_published_layout(tiny_hymamba):
+    model = HyMamba(**tiny_hymamba)
     skips = [(b.conv1.in_channels, b.conv1.out_channels) for b in model.encoder.skip_blocks]
     assert skips == [(8, 8), (8, 8), (12, 12), (12, 12)]
     # published norms: LayerNorm + conv bias in the skip blocks and the last block, MONAI's
@@ -98,11 +91,11 @@ def test_decoder_follows_the_published_layout():
     assert model.head.in_channels == 4 and model.head.out_channels == 3
 
 
-def test_hymamba_state_dict_splits_encoder_and_decoder():
-    keys = list(HyMamba(**TINY).state_dict())
+def test_hymamba_state_dict_splits_encoder_and_decoder(tiny_hymamba, tiny_hymamba_encoder):
+    keys = list(HyMamba(**tiny_hymamba).state_dict())
     enc_keys = [k for k in keys if k.startswith("encoder.")]
-    assert {k[len("encoder.") :] for k in enc_keys} == set(HyMambaEncoder(**{
-        k: v for k, v in TINY.items() if k != "out_channels"}).state_dict())  # fmt: skip
+    encoder_keys = set(HyMambaEncoder(**tiny_hymamba_encoder).state_dict())
+    assert {k[len("encoder.") :] for k in enc_keys} == encoder_keys
     assert "encoder.mamba.layers.0.mixer.A_log" in keys
     assert any(k.startswith("up_blocks.") for k in keys)
     assert any(k.startswith("encoder.skip_blocks.") for k in keys)
@@ -182,8 +175,8 @@ def test_default_parameter_count_is_the_published_models():
     assert 41_841_134 - 316_416 - 82_944 == 41_441_774
 
 
-def test_bad_inputs_are_rejected_with_clear_messages():
-    model = HyMamba(**TINY)
+def test_bad_inputs_are_rejected_with_clear_messages(tiny_hymamba):
+    model = HyMamba(**tiny_hymamba)
     with pytest.raises(ValueError, match="in_channels=1"):
         model(torch.randn(1, 2, 16, 16, 16))
     with pytest.raises(ValueError, match="multiple of 16"):
@@ -191,11 +184,11 @@ def test_bad_inputs_are_rejected_with_clear_messages():
     with pytest.raises(ValueError, match=r"\(B, C, D, H, W\)"):
         model(torch.randn(1, 16, 16, 16))
     with pytest.raises(ValueError, match=r"scan_order.*hilbert"):
-        HyMamba(scan_order="diagonal", **TINY)
+        HyMamba(scan_order="diagonal", **tiny_hymamba)
     with pytest.raises(ValueError, match="same length"):
         HyMamba(channels=(4, 8, 8), blocks=(1, 1), expansion=(2, 2, 2))
     with pytest.raises(ValueError, match="norm"):
-        HyMamba(norm="group", **TINY)
+        HyMamba(norm="group", **tiny_hymamba)
 
 
 def test_in_place_residual_adds_keep_gradients_exact():
