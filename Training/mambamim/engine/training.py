@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from monai.data import list_data_collate
 from torch import nn
 
@@ -162,16 +163,9 @@ def run_training(
     ctx = init_distributed(device)
     report = stderr_report(ctx.is_main)
     try:
+        fmt = recipe.checkpoint_format
         config, payload, resume_path = start_run(
-            config,
-            type(config),
-            recipe.checkpoint_format,
-            output_dir,
-            resume,
-            workers,
-            overwrite,
-            ctx,
-            report,
+            config, type(config), fmt, output_dir, resume, workers, overwrite, ctx, report
         )
         run = Run(config, ctx, output_dir, report, payload, resume_path)
         dataset = recipe.datasets(run)
@@ -184,25 +178,7 @@ def run_training(
         batch_volumes = config.batch // config.num_samples
         steps_per_epoch = math.ceil(sampler.per_rank / batch_volumes)
         total_steps = steps_per_epoch * config.epochs
-        schedule = warmup_cosine(
-            round(config.warmup_epochs * steps_per_epoch), total_steps, config.min_lr_factor
-        )
-        groups = setup.param_groups or {"all": list(setup.model.named_parameters())}
-        optimizer = build_optimizer(groups, config.lr, config.weight_decay)
-        factors = {
-            name: frozen_until(setup.frozen_epochs[name] * steps_per_epoch, schedule)
-            if setup.frozen_epochs.get(name) else schedule
-            for name in groups
-        }  # fmt: skip
-        scheduler = build_scheduler(optimizer, factors)
-        state = LoopState(extra=dict(setup.extra))
-        if payload is not None:
-            optimizer.load_state_dict(payload["optimizer"])
-            scheduler.load_state_dict(payload["scheduler"])
-            state = LoopState(
-                int(payload["epoch"]), int(payload["step"]), int(payload.get("batch_in_epoch", 0)),
-                dict(payload.get("extra") or state.extra),
-            )  # fmt: skip
+        optimizer, scheduler, state = _optimisation(setup, config, steps_per_epoch, payload)
 
         checkpoint_config = {**setup.checkpoint_config, "training": config_to_dict(config)}
         if ctx.is_main:
@@ -257,3 +233,30 @@ def run_training(
         return recipe.finish(run, loop, status, state)
     finally:
         shutdown_distributed()
+
+
+def _optimisation(
+    setup: ModelSetup, config: TrainingConfig, steps_per_epoch: int, payload: dict[str, Any] | None
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, LoopState]:
+    """AdamW over the setup's parameter groups, warm-up/cosine per step (a frozen group at 0 for its
+    epochs), and the loop's starting state, all restored from ``payload`` when resuming."""
+    schedule = warmup_cosine(
+        round(config.warmup_epochs * steps_per_epoch), steps_per_epoch * config.epochs, config.min_lr_factor
+    )
+    groups = setup.param_groups or {"all": list(setup.model.named_parameters())}
+    optimizer = build_optimizer(groups, config.lr, config.weight_decay)
+    factors = {
+        name: frozen_until(setup.frozen_epochs[name] * steps_per_epoch, schedule)
+        if setup.frozen_epochs.get(name) else schedule
+        for name in groups
+    }  # fmt: skip
+    scheduler = build_scheduler(optimizer, factors)
+    state = LoopState(extra=dict(setup.extra))
+    if payload is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        state = LoopState(
+            int(payload["epoch"]), int(payload["step"]), int(payload.get("batch_in_epoch", 0)),
+            dict(payload.get("extra") or state.extra),
+        )  # fmt: skip
+    return optimizer, scheduler, state
