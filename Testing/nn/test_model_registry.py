@@ -62,3 +62,19 @@ def test_config_overrides_constructor_defaults():
     model = build_model("hymamba", out_channels=5, **TINY["hymamba"])
     assert model.head.out_channels == 5
     assert model.encoder.channels == (4, 4, 8, 8, 12)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_public_network_documents_a_usage_example(name):
+    """As MONAI's network files do: a short example that builds the class and runs it (the code parses)."""
+    import ast
+    import sys
+    import textwrap
+
+    cls = model_class(name)
+    docs = [inspect.getdoc(cls) or "", inspect.getdoc(sys.modules[cls.__module__]) or ""]
+    examples = [doc.split("Example::", 1)[1] for doc in docs if "Example::" in doc]
+    assert examples, f"{cls.__name__} has no usage example"
+    code = textwrap.dedent(examples[0].split("\n\n", 2)[1])
+    assert f"{cls.__name__}(" in code
+    ast.parse(code)
