@@ -32,6 +32,7 @@ def _worker(rank: int, world_size: int, port: int, data: str, out: str) -> None:
     torch.save(parameters, Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_keep_identical_parameters(tmp_path, sample_ct):
     # Two "scans" (the same file twice) so each rank gets its own volume per step.
     data = tmp_path / "dataset.json"

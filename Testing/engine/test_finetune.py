@@ -41,6 +41,7 @@ def liver_dataset(tmp_path, data_dir):
     return path
 
 
+@pytest.mark.slow
 def test_finetuning_raises_validation_dice_and_writes_a_package(tmp_path, liver_dataset):
     from mambamim.infer.package import load_package
 

@@ -80,6 +80,7 @@ def test_encoder_export_loads_into_hymamba_and_bad_inputs_are_clear(tmp_path, sa
         run_pretrain(config, tmp_path / "broken", resume="auto", show_bar=False)
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_the_masked_loss(tmp_path, sample_ct):
     """A few dozen steps on the sample CT clearly lower the masked loss on a fixed held-out batch.
 
@@ -111,6 +112,7 @@ def test_pretraining_lowers_the_masked_loss(tmp_path, sample_ct):
     assert after < 0.5 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_training_script_saves_and_exits_130_on_ctrl_c(tmp_path, sample_ct):
     """``python Training/pretrain.py``: SIGINT finishes the step, writes last.pt, exits with status 130."""
     import subprocess
