@@ -9,11 +9,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from MambaMIMSegmenterLib import InputError, MambaMIMSegmenterLogic, ModelRegistry, RegistryError
-from MambaMIMSegmenterLib.logic import defaultCacheDir, resourcePath
+from MambaMIMSegmenterLib import InputError, ModelRegistry, RegistryError, SegmenterLogic
+from MambaMIMSegmenterLib.logic import defaultCacheDir
 from MambaMIMSegmenterLib.registry import readCard
+from MambaMIMSegmenterLib.resources import resourcePath
 from trame.app import TrameApp
 from trame_server.utils.asynchronous import create_task
 from trame_slicer.core import LayoutManager, SlicerApp
@@ -30,11 +31,11 @@ LOG_LINES = 200
 class AppOptions:
     """Server-side settings (from ``mambamim web``'s arguments)."""
 
-    data_dir: Optional[Path] = None
-    load: Optional[Path] = None
-    sample: Optional[Path] = None
+    data_dir: Path | None = None
+    load: Path | None = None
+    sample: Path | None = None
     image_format: str = "turbo-jpeg"
-    cache_dir: Optional[Path] = None
+    cache_dir: Path | None = None
 
 
 class SegmenterWebApp(TrameApp):
@@ -47,7 +48,7 @@ class SegmenterWebApp(TrameApp):
         self.layout_manager.register_layout_dict(layouts())
         self.case = CaseScene(self.slicer_app, self.layout_manager)
         registry = ModelRegistry(resourcePath("models.json"), options.cache_dir or defaultCacheDir())
-        self.logic = MambaMIMSegmenterLogic(scene=self.slicer_app.scene, registry=registry)
+        self.logic = SegmenterLogic(scene=self.slicer_app.scene, registry=registry)
         self.job = None
         self.uploads = Path(tempfile.mkdtemp(prefix="mambamim-web-uploads-"))
         self._init_state()
@@ -146,7 +147,7 @@ class SegmenterWebApp(TrameApp):
                 found.append(relative + "/")
         return found
 
-    def sample_path(self) -> Optional[Path]:
+    def sample_path(self) -> Path | None:
         sample = self.options.sample
         return sample if sample is not None and sample.exists() else None
 
@@ -247,7 +248,7 @@ class SegmenterWebApp(TrameApp):
                 self.state.progress = progress.percent
                 self.state.progress_text = progress.text
 
-        def on_done(result: Any, error: Optional[BaseException]) -> None:
+        def on_done(result: Any, error: BaseException | None) -> None:
             with self.state:
                 self.job = None
                 self.state.running = ""

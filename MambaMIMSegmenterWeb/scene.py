@@ -11,7 +11,7 @@ import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from MambaMIMSegmenterLib.results import COMPARISON_VIEWS, showSegmentation3D
@@ -21,7 +21,7 @@ from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 # Window/level presets (window, level) of Slicer's Volumes module; "auto" = Slicer's automatic W/L.
-WINDOW_LEVEL_PRESETS: dict[str, Optional[tuple[float, float]]] = {
+WINDOW_LEVEL_PRESETS: dict[str, tuple[float, float] | None] = {
     "CT abdomen": (350.0, 40.0),
     "CT lung": (1400.0, -500.0),
     "CT bone": (1000.0, 400.0),
@@ -355,7 +355,7 @@ def _slicer_readable(path: Path, tmp: Path) -> Path:
     elif path.is_file() and scan_suffix(path.name) not in SCAN_SUFFIXES:
         raise LoadError(f"{path.name}: unsupported file type (use {', '.join(SCAN_SUFFIXES)})")
     import SimpleITK as sitk
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
 
     try:
         image = read_image(_series_folder(source) if source.is_dir() else source)

@@ -7,7 +7,6 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 # Views render offscreen through EGL (no X display on a server); set before VTK creates a window.
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -20,7 +19,7 @@ MAX_UPLOAD_BYTES = 4 * 1024**3
 _CHUNK = 1 << 20
 
 
-def default_sample() -> Optional[Path]:
+def default_sample() -> Path | None:
     """The sample CT next to a source checkout (``../shared/data``), when present."""
     root = Path(__file__).resolve().parents[1]
     sample = root.parent / "shared" / "data" / "ct_abdomen" / "ct.nii.gz"
@@ -50,7 +49,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(options, host: str, port: int, token: Optional[str]) -> None:
+def serve(options, host: str, port: int, token: str | None) -> None:
     from trame.app import get_server
 
     from .app import SegmenterWebApp

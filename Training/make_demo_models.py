@@ -161,7 +161,7 @@ def make_segmentation_demo(
 
 
 def make_reconstruction_demo(work: Path, target: Path, quick: bool, steps: int | None = None) -> dict:
-    from mambamim.engine.checkpoint import load_checkpoint, save_checkpoint
+    from mambamim.checkpoint import load_checkpoint, save_checkpoint
     from mambamim.engine.pretrain import make_config, run_pretrain
 
     settings = dict(PRETRAIN, epochs=3) if quick else PRETRAIN
