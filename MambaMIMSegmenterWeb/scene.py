@@ -230,6 +230,19 @@ class CaseScene:
         display.SetVisibility3D(False)
         display.SetOpacity(self.opacity)
         self.show_segment_layout()
+        self.jump_to_largest_segment()
+
+    def jump_to_largest_segment(self) -> None:
+        """Move the slice planes through the largest segment's centre (as Slicer's segment list
+        "jump" does), so the result is in view whatever slice the scan opened at."""
+        volumes = {segment_id: self._segment_volume_ml(segment_id) for segment_id in self._segment_ids()}
+        if not volumes or max(volumes.values()) <= 0:
+            return
+        center = self.segmentation.GetSegmentCenterRAS(max(volumes, key=volumes.get))
+        if center is None:
+            return
+        for view in self.app.view_manager.get_slice_views(0):
+            view.get_view_node().JumpSliceByOffsetting(*center)
 
     def set_reconstruction(self, masked, reconstruction) -> None:
         for node in self.reconstruction or ():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import zipfile
 
 import numpy as np
@@ -73,11 +74,40 @@ def test_segment_sample_shows_card_names_and_colours(page, demo_labels):
     seg = page.request.get(page.url.split("?")[0].rsplit("/", 1)[0] + "/download/seg.nrrd")
     assert seg.status == 200 and b"Segment0_Name:=spleen" in seg.body()[:20000]
 
-    # 3-D surfaces on demand. The server builds them (closed-surface representation, 3-D visibility),
-    # but with trame-slicer 2.0 on this machine the streamed 3-D view has not shown them yet, so only
-    # the control is checked here; the 3-D pixel check is still to do.
+    # Slicer's own segment display: hiding a segment in the list hides it in the views.
+    def liver_pixels() -> int:
+        matched = match_card_colours(view_pixels(coronal), colours)
+        return int((matched == names.index("liver")).sum())
+
+    names = [label["name"] for label in demo_labels]
+    liver_shown = liver_pixels()
+    assert liver_shown > 100
+    liver_row = page.locator("#segment-list tr", has_text="liver").first
+    liver_row.locator("input[type=checkbox]").click()
+    wait_for(lambda: liver_pixels() < 0.05 * liver_shown, 30, "the liver to disappear from the coronal view")
+    liver_row.locator("input[type=checkbox]").click()
+    wait_for(lambda: liver_pixels() > 0.5 * liver_shown, 30, "the liver to come back")
+
+    # DICOM SEG needs a scan from a DICOM series: the button is off and says why.
+    assert page.locator("#download-dicom-seg").is_disabled()
+    assert "DICOM series" in page.locator("#dicom-seg-reason").inner_text()
+
+    # 3-D surfaces on demand, translucent (opacity 0.6: eight steps of 0.05 down from 1), in card colours.
+    threed = views["threed"]
+    assert chromatic(view_pixels(threed)).mean() < 0.001
+    thumb = page.locator("#segment-list [role=slider]").first
+    thumb.focus()
+    for _ in range(8):
+        thumb.press("ArrowLeft")
+    wait_for(lambda: thumb.get_attribute("aria-valuenow") == "0.6", 10, "the opacity slider at 0.6")
     page.locator("#surfaces").click()
-    wait_for(lambda: "hide" in page.locator("#surfaces").inner_text().lower(), 60, "the surfaces to be built")
+    wait_for(lambda: _coloured_fraction(threed) > 0.02, 90, "segment surfaces in the 3-D view")
+    surfaces = match_card_colours(view_pixels(threed), colours)
+    assert (surfaces >= 0).mean() > 0.9, "3-D pixels that are no card colour"
+    shown_3d = {names[i] for i in set(surfaces[surfaces >= 0].tolist())}
+    assert {"liver", "spleen"} <= shown_3d, f"expected the large organs in 3-D, saw {shown_3d}"
+    if os.environ.get("MAMBAMIM_WEB_SCREENSHOT"):  # the README's picture: this state of the page
+        page.screenshot(path=os.environ["MAMBAMIM_WEB_SCREENSHOT"])
 
 
 def test_cancel_leaves_no_segmentation(page):

@@ -98,6 +98,8 @@ def test_slice_views_use_slicers_segmentation_display(segmented, demo_labels_car
         assert not view._logic.GetSliceCompositeNode().GetLabelVolumeID()
     coronal = frame(app, "Green")
     assert chromatic(coronal).mean() > 0.02, "the coronal view shows no segment after the batch"
+    # The scan opened on its middle axial slice, below every organ: the planes moved to the liver.
+    assert chromatic(frame(app, "Red")).mean() > 0.02, "the axial view does not cross the segmentation"
     matched = match_card_colours(coronal, np.array([label["color"] for label in demo_labels_card]))
     assert (matched >= 0).mean() > 0.9
     before = _shown(coronal, demo_labels_card)
