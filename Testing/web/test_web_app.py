@@ -11,6 +11,8 @@ import numpy as np
 from conftest import chromatic, match_card_colours, segment_views, view_pixels, visible_views, wait_for
 
 ENGINE_TIMEOUT = 240  # the demo model on the sample takes ~30 s on 2 free cores; CI machines are shared
+# An upload answers once the scan is loaded (a DICOM series is read, converted and loaded: 10-40 s shared).
+UPLOAD_TIMEOUT_MS = 120_000
 
 
 def _rgb(css: str) -> tuple[int, int, int]:
@@ -171,7 +173,7 @@ def test_upload_rejects_unknown_files(page, web_app):
 
 def test_upload_nifti_and_zipped_dicom(page, web_app, sample_scan, tmp_path):
     upload = web_app.url + "upload?name=uploaded_ct.nii.gz"
-    response = page.request.post(upload, data=sample_scan.read_bytes())
+    response = page.request.post(upload, data=sample_scan.read_bytes(), timeout=UPLOAD_TIMEOUT_MS)
     assert response.status == 200, response.text()
     wait_for(lambda: page.locator("#volume-name").inner_text().strip() == "uploaded_ct", 30, "the upload")
 
@@ -179,7 +181,9 @@ def test_upload_nifti_and_zipped_dicom(page, web_app, sample_scan, tmp_path):
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in sorted((sample_scan.parent / "dicom").iterdir()):
             zipped.write(path, f"study/series/{path.name}")
-    response = page.request.post(web_app.url + "upload?name=series.zip", data=archive.read_bytes())
+    response = page.request.post(
+        web_app.url + "upload?name=series.zip", data=archive.read_bytes(), timeout=UPLOAD_TIMEOUT_MS
+    )
     assert response.status == 200, response.text()
     wait_for(lambda: page.locator("#volume-name").inner_text().strip() == "series", 60, "the DICOM upload")
     # The DICOM series is 512 x 512 x 20: its axial view shows the scan.
