@@ -164,11 +164,14 @@ def test_dicom_seg_download(web, sample_scan, tmp_path):
     path = web.case.export_segmentation("dicom-seg", tmp_path)
     seg = pydicom.dcmread(path)
     assert seg.Modality == "SEG"
-    first = pydicom.dcmread(next(p for p in sorted(series.iterdir()) if p.is_file()))
-    assert seg.StudyInstanceUID == first.StudyInstanceUID
-    referenced = seg.ReferencedSeriesSequence[0]
-    assert referenced.SeriesInstanceUID == first.SeriesInstanceUID
     assert {s.SegmentLabel for s in seg.SegmentSequence} >= {"liver", "spleen"}
+    # Every slice of the series is referenced (this anonymised series keeps its instance UIDs in the
+    # file meta header only).
+    references = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    referenced = {item.ReferencedSOPInstanceUID for item in references}
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.iterdir()]
+    instances = {header.file_meta.MediaStorageSOPInstanceUID for header in headers}
+    assert referenced == instances
 
 
 def test_dicom_folder_kept_only_while_it_is_the_case(web, sample_scan, tmp_path):
