@@ -18,11 +18,11 @@ from MambaMIMSegmenterLib.resources import resourcePath
 from trame.app import TrameApp
 from trame_server.utils.asynchronous import create_task
 from trame_slicer.core import LayoutManager, SlicerApp
-from trame_slicer.rca_view import register_rca_factories
 
-from . import jobs
+from . import dicomseg, jobs
 from .scene import RECONSTRUCTION_LAYOUT, SEGMENT_LAYOUT, WINDOW_LEVEL_PRESETS, CaseScene, LoadError, layouts
 from .scene import scan_suffix as _scan_suffix
+from .views import register_view_factories
 
 LOG_LINES = 200
 
@@ -43,7 +43,7 @@ class SegmenterWebApp(TrameApp):
         super().__init__(server)
         self.options = options
         self.slicer_app = SlicerApp()
-        register_rca_factories(self.slicer_app.view_manager, self.server, rca_encoder=options.image_format)
+        register_view_factories(self.slicer_app.view_manager, self.server, options.image_format)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(layouts())
         self.case = CaseScene(self.slicer_app, self.layout_manager)
@@ -56,6 +56,7 @@ class SegmenterWebApp(TrameApp):
 
         self.ui = build_ui(self)
         self.layout_manager.set_layout(SEGMENT_LAYOUT)
+        self.case.match_slicer_rendering()
         if options.load is not None:
             self.load_scan(options.load)
 
@@ -90,8 +91,9 @@ class SegmenterWebApp(TrameApp):
                 "progress_text": "",
                 "log": "",
                 "segments": [],
-                "segment_opacity": 0.6,
+                "segment_opacity": 1.0,
                 "show_surfaces": False,
+                "dicom_seg_reason": "",
                 "has_reconstruction": False,
                 "view_layout": SEGMENT_LAYOUT,
             }
@@ -213,7 +215,8 @@ class SegmenterWebApp(TrameApp):
         except (InputError, RegistryError, ValueError, OSError) as exc:
             self.say(str(exc), error=True)
             return
-        self._run(job, "segment", self._segmentation_done)
+        labels = self._card_labels(self.state.model_id)
+        self._run(job, "segment", lambda node: self._segmentation_done(node, labels))
 
     def start_reconstruct(self) -> None:
         if self.state.running or self.case.volume is None:
@@ -268,11 +271,22 @@ class SegmenterWebApp(TrameApp):
 
         create_task(jobs.follow(job, on_progress, on_done, self.case.batch))
 
-    def _segmentation_done(self, node) -> None:
+    def _card_labels(self, model_id: str) -> list[dict]:
+        """The card's labels (the segments' order, names, colours and codes); the model is in the
+        cache once a run has started."""
+        return readCard(self.logic.registry.localPath(self.logic.registry.get(model_id)))["labels"]
+
+    def _segmentation_done(self, node, labels: list[dict]) -> None:
         with self.case.batch():
-            self.case.set_segmentation(node)
+            self.case.set_segmentation(node, labels)
             self.case.set_segmentation_opacity(self.state.segment_opacity)
-        self.state.update({"segments": self.case.segment_rows(), "show_surfaces": False})
+        self.state.update(
+            {
+                "segments": self.case.segment_rows(),
+                "show_surfaces": False,
+                "dicom_seg_reason": dicomseg.unavailable_reason(self.case.dicom_dir is not None),
+            }
+        )
         self.state.view_layout = SEGMENT_LAYOUT
         found = sum(1 for row in self.state.segments if row["volume_ml"] > 0)
         self.say(f"Segmentation done: {found} of {len(self.state.segments)} segments found.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -110,20 +111,24 @@ async def _upload(app, request: web.Request) -> web.Response:
     return web.Response(text="loaded")
 
 
+DOWNLOADS = {"labels": "application/octet-stream", "seg.nrrd": "application/octet-stream",
+             "dicom-seg": "application/dicom"}
+
+
 async def _download(app, request: web.Request) -> web.StreamResponse:
     kind = request.match_info["kind"]
-    if kind not in ("labels", "seg.nrrd"):
+    if kind not in DOWNLOADS:
         raise web.HTTPNotFound(text=f"no download named {kind}")
     folder = Path(tempfile.mkdtemp(dir=app.uploads))
     try:
         path = app.case.export_segmentation(kind, folder)
+        body = path.read_bytes()
     except (ValueError, OSError) as exc:
         return web.Response(status=409, text=str(exc))
-    body = path.read_bytes()
-    path.unlink()
-    folder.rmdir()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return web.Response(
         body=body,
-        content_type="application/octet-stream",
+        content_type=DOWNLOADS[kind],
         headers={"Content-Disposition": f'attachment; filename="{path.name}"'},
     )
