@@ -85,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=("nii.gz", "nrrd"), default="nii.gz", help="batch-mode output format"
     )
+    from mambamim.infer.outputs.cli import add_output_arguments
+
+    add_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,6 +128,9 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
     if args.input.is_dir() and not is_dicom_folder(args.input):
         if args.reference is not None:
             raise ValueError("--reference works with one input volume; use `mambamim evaluate` for folders")
+        from mambamim.infer.outputs.cli import refuse_in_batch_mode
+
+        refuse_in_batch_mode(args)
         rows, csv_path = segment_folder(
             args.input,
             args.output,
@@ -140,6 +146,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         summary.extend(f"  skipped {row['case']}: {row['message']}" for row in failed)
         return {"folder": str(args.output), "timings": str(csv_path)}
 
+    from mambamim.infer.outputs.cli import companions_from_args
     from mambamim.infer.segment import segment_file
 
     result = segment_file(
@@ -150,6 +157,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         reference=args.reference,
         progress=reporter,
         cancel=cancel,
+        companions=companions_from_args(args),
         **options,
     )
     summary.extend(f"note: {note}" for note in result.notes)
@@ -159,4 +167,5 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         f"wrote {result.output} in {result.seconds:.1f} s on {result.device} "
         f"(model grid {list(result.model_shape)}; inference {result.timings['inference']:.1f} s)"
     )
-    return {"labels": str(result.output)}
+    summary.extend(f"wrote {path}" for path in result.companions.values())
+    return {"labels": str(result.output), **{name: str(path) for name, path in result.companions.items()}}
