@@ -18,6 +18,7 @@ grouped with the images in an archive.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ def read_source_headers(folder: Union[str, Path], notes: list[str]) -> list[Any]
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in series_files(folder)]
     restored = 0
     for ds in datasets:
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet  # an empty value means the default repertoire
         meta = getattr(ds, "file_meta", None)
         for key, meta_key in _META_UIDS:
             if not str(ds.get(key, "") or "") and meta is not None and str(meta.get(meta_key, "") or ""):
@@ -231,7 +234,33 @@ def write_dicom_seg(
                 display_color=hd.color.CIELabColor.from_rgb(*[int(c) for c in label["color"]]),
             )
         )
-    seg = hd.seg.Segmentation(
+    with warnings.catch_warnings():  # the copied patient name is the source's, whatever its form
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = _segmentation(
+            hd, sources, pixels, descriptions, algorithm_name, algorithm_version, series_description
+        )
+    with safe_write(out_path) as tmp:
+        seg.save_as(tmp)
+    for note in notes:
+        logger.warning(note)
+    return DicomSegResult(
+        path=out_path,
+        segments=[
+            {"number": n, "value": v, "name": by_value[v]["name"]}
+            for n, v in enumerate(segment_values, start=1)
+        ],
+        frames=int(seg.NumberOfFrames),
+        source_instances=[str(ds.SOPInstanceUID) for ds in sources],
+        notes=notes,
+    )
+
+
+def _segmentation(
+    hd, sources, pixels, descriptions, algorithm_name: str, algorithm_version: str, series_description: str
+):
+    import mambamim
+
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -248,18 +277,4 @@ def write_dicom_seg(
         content_label="SEGMENTATION",
         content_description=f"{algorithm_name} {algorithm_version}".strip()[:64],
         omit_empty_frames=True,
-    )
-    with safe_write(out_path) as tmp:
-        seg.save_as(tmp)
-    for note in notes:
-        logger.warning(note)
-    return DicomSegResult(
-        path=out_path,
-        segments=[
-            {"number": n, "value": v, "name": by_value[v]["name"]}
-            for n, v in enumerate(segment_values, start=1)
-        ],
-        frames=int(seg.NumberOfFrames),
-        source_instances=[str(ds.SOPInstanceUID) for ds in sources],
-        notes=notes,
     )
