@@ -105,7 +105,7 @@ def save_preview(
     rows = -(-len(handles) // 6) if handles else 1
     fig.suptitle(title or "segmentation preview", fontsize=11)
     fig.text(
-        0.01, 0.01, f"window {low:g} .. {high:g}; radiological view (patient right on the left)", fontsize=7
+        0.01, 0.97, f"window {low:g} .. {high:g}; radiological view (patient right on the left)", fontsize=7
     )
     fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.08 + 0.035 * rows, wspace=0.03)
     path = Path(path)
