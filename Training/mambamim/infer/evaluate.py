@@ -272,15 +272,13 @@ def _scores(
     p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None].float()
     r = torch.from_numpy(np.ascontiguousarray(ref[box]))[None, None].float()
     dice = float(compute_dice(p, r, include_background=True)[0, 0])
-    nsd = float(
-        compute_surface_dice(p, r, [tolerance_mm], include_background=True, spacing=list(spacing))[0, 0]
-    )
-    if not hd95:
-        return dice, nsd, None
     with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal use of a deprecated argument
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        nsd = compute_surface_dice(p, r, [tolerance_mm], include_background=True, spacing=list(spacing))
+        if not hd95:
+            return dice, float(nsd[0, 0]), None
         hd = compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=list(spacing))
-    return dice, nsd, float(hd[0, 0])
+    return dice, float(nsd[0, 0]), float(hd[0, 0])
 
 
 def check_same_grid(image: sitk.Image, ref: sitk.Image, where: str = "prediction") -> None:

@@ -140,20 +140,35 @@ def slice_order(datasets: Sequence[Any], grid: sitk.Image, folder: Union[str, Pa
     return [order[k] for k in range(size[2])]
 
 
+def series_grid(datasets: Sequence[Any]) -> sitk.Image:
+    """An empty image on the grid of a series, from its headers alone (no pixel data decoded): origin at
+    the first slice along the normal, spacing (column, row, median slice gap), direction cosines."""
+    cosines = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
+    normal = np.cross(cosines[:3], cosines[3:])
+    positions = sorted(
+        (np.asarray([float(v) for v in ds.ImagePositionPatient]) for ds in datasets), key=lambda p: p @ normal
+    )
+    gap = float(np.median(np.diff([p @ normal for p in positions]))) if len(positions) > 1 else 1.0
+    row_spacing, column_spacing = (float(v) for v in datasets[0].PixelSpacing)
+    grid = sitk.Image([int(datasets[0].Columns), int(datasets[0].Rows), len(positions)], sitk.sitkUInt8)
+    grid.SetOrigin(positions[0].tolist())
+    grid.SetSpacing([column_spacing, row_spacing, gap])
+    grid.SetDirection(np.column_stack([cosines[:3], cosines[3:], normal]).flatten().tolist())
+    return grid
+
+
 def _label_map_image(
-    label_map: Union[sitk.Image, str, Path, np.ndarray], folder: Union[str, Path]
+    label_map: Union[sitk.Image, str, Path, np.ndarray], datasets: Sequence[Any]
 ) -> sitk.Image:
     if isinstance(label_map, sitk.Image):
         return label_map
     if isinstance(label_map, np.ndarray):
-        from mambamim.infer.io import read_image
-
         # A bare array is taken to be on the series grid (z, y, x): the series gives its geometry.
-        grid = read_image(folder)
-        if label_map.shape != sitk.GetArrayViewFromImage(grid).shape:
+        grid = series_grid(datasets)
+        expected = tuple(reversed(grid.GetSize()))
+        if label_map.shape != expected:
             raise DicomSegError(
-                f"label array of shape {label_map.shape} does not fit the DICOM series in {folder} "
-                f"(z, y, x = {sitk.GetArrayViewFromImage(grid).shape})"
+                f"label array of shape {label_map.shape} does not fit the DICOM series (z, y, x = {expected})"
             )
         image = sitk.GetImageFromArray(np.ascontiguousarray(label_map))
         image.CopyInformation(grid)
@@ -191,8 +206,8 @@ def write_dicom_seg(
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"output {out_path} already exists; pass --overwrite to replace it")
     notes: list[str] = []
-    image = _label_map_image(label_map, source_dicom_dir)
     datasets = read_source_headers(source_dicom_dir, notes)
+    image = _label_map_image(label_map, datasets)
     order = slice_order(datasets, image, source_dicom_dir)
     sources = [datasets[n] for n in order]
     array = sitk.GetArrayFromImage(image)  # (k, rows, columns): slice k <-> sources[k]
