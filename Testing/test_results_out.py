@@ -179,6 +179,7 @@ def test_dicom_seg_of_the_three_slice_ct(data_dir, tmp_path):
         write_dicom_seg(label_map, folder, LIVER_SPINE, result.path)
 
 
+@pytest.mark.slow  # 31 organs, 520 frames: about 10 s of DICOM encoding and decoding
 def test_dicom_seg_of_an_anonymised_series_from_an_array(data_dir, tmp_path):
     folder = data_dir / "ct_abdomen" / "dicom"
     labels = parse_labels(json.loads((data_dir / "ct_abdomen" / "labels_total.json").read_text()))

@@ -30,9 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mambamim.infer.evaluate import DEFAULT_NSD_TOLERANCE_MM
 
     parser.add_argument(
-        "--nsd-tolerance", nargs="+", metavar="MM|CLASS=MM", default=[str(DEFAULT_NSD_TOLERANCE_MM)],
+        "--nsd-tolerance", nargs="+", metavar="MM|CLASS=MM", default=[f"{DEFAULT_NSD_TOLERANCE_MM:g}"],
         help="Normalized Surface Dice tolerance in mm: one number for every class and/or CLASS=MM per "
-        "class, CLASS a name or a value (default %(default)s mm; e.g. --nsd-tolerance 2 liver=3 5=1)",
+        f"class, CLASS a name or a value (default {DEFAULT_NSD_TOLERANCE_MM:g} mm; "
+        "e.g. --nsd-tolerance 2 liver=3 5=1)",
     )  # fmt: skip
 
 

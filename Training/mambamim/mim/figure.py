@@ -127,10 +127,10 @@ def save_reconstruction_figure(
     heights = [image.shape[0] for _, image in planes]
     widths = max(image.shape[1] for _, image in planes)
     cell = 2.6  # inches per panel side, largest plane
-    fig = Figure(figsize=(cell * len(columns), cell * sum(heights) / widths + 1.6))
+    fig = Figure(figsize=(cell * len(columns), cell * sum(heights) / widths + 1.15))
     grid = fig.add_gridspec(3, len(columns), height_ratios=heights, hspace=0.04, wspace=0.03)
     fig.subplots_adjust(
-        left=0.04, right=0.99, top=1 - 0.55 / fig.get_figheight(), bottom=1.0 / fig.get_figheight()
+        left=0.04, right=0.99, top=1 - 0.55 / fig.get_figheight(), bottom=0.6 / fig.get_figheight()
     )
     mask_planes = _planes(mask.astype(np.float32)) if mask is not None else None
     for col, (name, volume) in enumerate(columns):
@@ -164,6 +164,8 @@ def save_reconstruction_figure(
             ax.set_ylim(0, image.shape[0])
             ax.set_xticks([])
             ax.set_yticks([])
+            for spine in ax.spines.values():  # no frame around the padding of narrower planes
+                spine.set_visible(False)
             if row == 0:
                 ax.set_title(name, fontsize=9)
             if col == 0:
