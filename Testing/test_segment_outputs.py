@@ -94,11 +94,36 @@ def test_opting_out_and_refusals(data_dir, sample_ct, threshold_pkg, tmp_path, c
             "share one file name",
         ),
         (
-            ["--input", str(small.parent), "--output", str(tmp_path / "batch"), "--statistics"],
-            "one input volume",
+            ["--input", str(small.parent), "--output", str(tmp_path / "batch"), "--preview", "p.png"],
+            "works with one input volume",
         ),
     ):
         assert run_segment([*base, *extra]) == 1
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.dcm").exists() and not (tmp_path / "o2").exists()
     assert not (tmp_path / "batch").exists()
+
+
+def test_batch_mode_writes_the_seg_nrrd_and_statistics_of_every_case(sample_ct, threshold_pkg, tmp_path):
+    import slicerio
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    scan = read_image(sample_ct)[::2, ::2, ::2]
+    sitk.WriteImage(scan, str(folder / "one.nii.gz"))
+    sitk.WriteImage(scan[:, :, 8:], str(folder / "two.nrrd"))
+    out = tmp_path / "segs"
+    argv = ["--model", str(threshold_pkg), "--input", str(folder), "--output", str(out), "--progress", "none"]
+    assert run_segment([*argv, "--statistics"]) == 0
+    for case in ("one", "two"):
+        labels = sitk.GetArrayFromImage(read_image(out / f"{case}_seg.nii.gz", allow_constant=True))
+        seg = slicerio.read_segmentation(str(out / f"{case}_seg.seg.nrrd"))
+        np.testing.assert_array_equal(seg["voxels"], labels.transpose(2, 1, 0))
+        stats = json.loads((out / f"{case}_seg_statistics.json").read_text())
+        assert stats["body"]["voxels"] == int((labels == 1).sum())
+    # `evaluate` on that folder takes the .seg.nrrd beside each label map for the copy it is.
+    from mambamim.infer.evaluate import match_cases
+
+    pairs, no_reference, no_prediction = match_cases(out, out)
+    assert sorted(case for case, _, _ in pairs) == ["one_seg", "two_seg"]
+    assert not no_reference and not no_prediction

@@ -128,9 +128,8 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
     if args.input.is_dir() and not is_dicom_folder(args.input):
         if args.reference is not None:
             raise ValueError("--reference works with one input volume; use `mambamim evaluate` for folders")
-        from mambamim.infer.outputs.cli import refuse_in_batch_mode
+        from mambamim.infer.outputs.cli import batch_companion_options
 
-        refuse_in_batch_mode(args)
         rows, csv_path = segment_folder(
             args.input,
             args.output,
@@ -139,6 +138,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
             overwrite=args.overwrite,
             progress=reporter,
             cancel=cancel,
+            companion_options=batch_companion_options(args),
             **options,
         )
         failed = [r for r in rows if r["status"] != "ok"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from mambamim.infer.io import READ_SUFFIXES, image_suffix, is_dicom_folder, write_csv
+from mambamim.infer.outputs.companions import plan_companions
 from mambamim.infer.package import LoadedPackage, load_package
 from mambamim.infer.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent
 from mambamim.infer.segment import segment_file
@@ -67,9 +68,13 @@ def segment_folder(
     overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    companion_options: Optional[dict[str, Any]] = None,
     **options: Any,
 ) -> tuple[list[dict[str, Any]], Path]:
     """Segment every case; returns the timing rows and the CSV path (``output_dir/timings.csv``).
+
+    ``companion_options``: keywords of :func:`mambamim.infer.outputs.companions.plan_companions`, the
+    files written beside each case's label map (``.seg.nrrd``, DICOM SEG, statistics, preview).
 
     Cancellation stops the batch: finished cases stay (they are complete files), the running one
     writes nothing and no CSV is written.
@@ -95,6 +100,9 @@ def segment_folder(
         t = time.perf_counter()
         row = {"case": case.name, "input": str(case.input), "output": str(case.output), "device": ""}
         try:
+            companions = None
+            if companion_options is not None:
+                companions = plan_companions(case.output, case.input, **companion_options)
             result = segment_file(
                 case.input,
                 case.output,
@@ -102,6 +110,7 @@ def segment_folder(
                 overwrite=overwrite,
                 progress=scaled,
                 cancel=cancel,
+                companions=companions,
                 **options,
             )
             row.update(status="ok", device=result.device, message="; ".join(result.notes))

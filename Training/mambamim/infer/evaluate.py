@@ -302,7 +302,15 @@ def _labels_found(*images: sitk.Image) -> list[dict[str, Any]]:
 
 
 def _label_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) in READ_SUFFIXES)
+    """Label maps in ``folder``; a ``<name>.seg.nrrd`` beside label map ``<name>`` is the Slicer copy
+    that ``segment`` writes with it, not another case."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) in READ_SUFFIXES)
+    names = {_case_name(p) for p in files}
+    return [
+        p
+        for p in files
+        if not (p.name.lower().endswith(".seg.nrrd") and p.name[: -len(".seg.nrrd")] in names)
+    ]
 
 
 def _case_name(path: Path) -> str:

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
 from mambamim.infer.outputs.companions import AUTO, Companions, plan_companions
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "results beside the label map (one input volume; names default to the --output name's stem)"
+        "results beside the label map (names from the --output stem; in batch mode beside every case's)"
     )
     group.add_argument(
-        "--seg-nrrd", metavar="PATH", default=AUTO,
+        "--seg-nrrd", metavar="PATH", nargs="?", const=AUTO, default=AUTO,
         help="Slicer segmentation with the card's organ names, colours and terminology "
         "(default: written, as <stem>.seg.nrrd; read it with slicerio or drop it into Slicer)",
     )  # fmt: skip
     group.add_argument("--no-seg-nrrd", action="store_true", help="do not write the .seg.nrrd")
     group.add_argument(
-        "--dicom-seg", metavar="PATH", default=AUTO,
+        "--dicom-seg", metavar="PATH", nargs="?", const=AUTO, default=AUTO,
         help="DICOM SEG referencing the source series, for a DICOM folder input (default: written for "
         "DICOM input as <stem>_seg.dcm, so the result can go back to a PACS with its images; when it "
         "cannot be written, e.g. no organ found, a note says why; given explicitly, that is an error)",
@@ -36,28 +37,28 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def companion_options(args: argparse.Namespace) -> dict[str, Optional[str]]:
+    """The ``plan_companions`` keywords the options ask for."""
+    return {
+        "seg_nrrd": None if args.no_seg_nrrd else args.seg_nrrd,
+        "dicom_seg": None if args.no_dicom_seg else args.dicom_seg,
+        "statistics": args.statistics,
+        "preview": args.preview,
+    }
+
+
 def companions_from_args(args: argparse.Namespace) -> Companions:
-    return plan_companions(
-        args.output,
-        args.input,
-        seg_nrrd=None if args.no_seg_nrrd else args.seg_nrrd,
-        dicom_seg=None if args.no_dicom_seg else args.dicom_seg,
-        statistics=args.statistics,
-        preview=args.preview,
-    )
+    return plan_companions(args.output, args.input, **companion_options(args))
 
 
-def refuse_in_batch_mode(args: argparse.Namespace) -> None:
-    """Batch mode writes label maps only: refuse the options that ask for more."""
-    asked = [
-        flag
-        for flag, value in (
-            ("--seg-nrrd", args.seg_nrrd != AUTO),
-            ("--dicom-seg", args.dicom_seg != AUTO),
-            ("--statistics", args.statistics is not None),
-            ("--preview", args.preview is not None),
+def batch_companion_options(args: argparse.Namespace) -> dict[str, Optional[str]]:
+    """Batch mode: the same files beside every case's label map, under their default names; a file
+    name given for one of them is refused (it would be the same for every case)."""
+    options = companion_options(args)
+    named = [f"--{key.replace('_', '-')}" for key, value in options.items() if value not in (None, AUTO)]
+    if named:
+        raise ValueError(
+            f"{', '.join(named)} with a file name works with one input volume; in batch mode give the "
+            "option without a name (each case gets <case>_seg.seg.nrrd, ... beside its label map)"
         )
-        if value
-    ]
-    if asked:
-        raise ValueError(f"{', '.join(asked)} work with one input volume, not a folder of volumes")
+    return options
