@@ -89,6 +89,7 @@ def test_opting_out_and_refusals(data_dir, sample_ct, threshold_pkg, tmp_path, c
     # A DICOM SEG needs DICOM input; a name clash with the label map is refused; nothing is written.
     for extra, message in (
         (["--dicom-seg", str(tmp_path / "x.dcm")], "needs a DICOM series folder"),
+        (["--seg-nrrd", str(tmp_path / "x.nii.gz")], "must end in .nrrd"),
         (
             ["--seg-nrrd", str(tmp_path / "o2" / "b.nii.gz"), "--output", str(tmp_path / "o2" / "b.nii.gz")],
             "share one file name",
@@ -101,6 +102,7 @@ def test_opting_out_and_refusals(data_dir, sample_ct, threshold_pkg, tmp_path, c
         assert run_segment([*base, *extra]) == 1
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.dcm").exists() and not (tmp_path / "o2").exists()
+    assert not (tmp_path / "x.nii.gz").exists()
     assert not (tmp_path / "batch").exists()
 
 

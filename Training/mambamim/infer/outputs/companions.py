@@ -85,6 +85,14 @@ def plan_companions(
             return None
         return stem.with_name(stem.name + default) if value == AUTO else Path(value)
 
+    for flag, value, suffixes in (
+        ("--seg-nrrd", seg_nrrd, (".nrrd",)),
+        ("--dicom-seg", dicom_seg, (".dcm",)),
+        ("--statistics", statistics, (".csv", ".json")),
+        ("--preview", preview, (".png",)),
+    ):
+        if value not in (None, AUTO) and not str(value).lower().endswith(suffixes):
+            raise ValueError(f"{flag} {value}: the file name must end in {' or '.join(suffixes)}")
     dicom_input = is_dicom_folder(input_path)
     if dicom_seg not in (None, AUTO) and not dicom_input:
         raise ValueError(f"--dicom-seg needs a DICOM series folder as input; {input_path} is not one")
