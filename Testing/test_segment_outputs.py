@@ -91,7 +91,7 @@ def test_opting_out_and_refusals(data_dir, sample_ct, threshold_pkg, tmp_path, c
         (["--dicom-seg", str(tmp_path / "x.dcm")], "needs a DICOM series folder"),
         (["--seg-nrrd", str(tmp_path / "x.nii.gz")], "must end in .nrrd"),
         (
-            ["--seg-nrrd", str(tmp_path / "o2" / "b.nii.gz"), "--output", str(tmp_path / "o2" / "b.nii.gz")],
+            ["--seg-nrrd", str(tmp_path / "o2" / "b.nrrd"), "--output", str(tmp_path / "o2" / "b.nrrd")],
             "share one file name",
         ),
         (
