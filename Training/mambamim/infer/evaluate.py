@@ -20,13 +20,14 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from mambamim.infer.io import READ_SUFFIXES, image_suffix, is_dicom_folder, read_image, write_csv
+from mambamim.data.imageio import READ_SUFFIXES, image_suffix, is_dicom_folder, read_image, write_csv
+from mambamim.errors import InvalidInput
 
 CSV_FIELDS = (
     "case", "value", "name", "status", "dice", "nsd", "hd95_mm",
@@ -36,7 +37,7 @@ UNMATCHED = ("no_reference", "no_prediction")
 # 2 mm: within the boundary disagreement of human raters for abdominal organs on 1-3 mm grids; FLARE uses
 # 1 mm, the Decathlon per-task values. Set per class with nsd_tolerance={name or value: mm}.
 DEFAULT_NSD_TOLERANCE_MM = 2.0
-NsdTolerance = Union[float, Mapping[Union[str, int], float]]
+NsdTolerance = float | Mapping[str | int, float]
 _GEOMETRY_TOLERANCE = 1e-4  # mm / direction cosine: float32 NIfTI headers round at ~1e-6
 
 
@@ -121,7 +122,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def format_summary(summary: Sequence[dict[str, Any]]) -> str:
     """A fixed-width text table: class, Dice mean ± sd, HD95 mean ± sd (mm), cases scored / absent."""
 
-    def pm(mean: Optional[float], sd: Optional[float], digits: int) -> str:
+    def pm(mean: float | None, sd: float | None, digits: int) -> str:
         return "absent" if mean is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
     name_width = max([len("class"), *(len(s["name"]) for s in summary)])
@@ -155,7 +156,7 @@ def format_dice_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def match_cases(
-    pred: Union[str, Path], ref: Union[str, Path]
+    pred: str | Path, ref: str | Path
 ) -> tuple[list[tuple[str, Path, Path]], list[Path], list[Path]]:
     """``(pairs, predictions without reference, references without prediction)``.
 
@@ -170,7 +171,7 @@ def match_cases(
     if not (pred.is_dir() and not is_dicom_folder(pred)) and not (ref.is_dir() and not is_dicom_folder(ref)):
         return [(_case_name(pred), pred, ref)], [], []
     if not (pred.is_dir() and ref.is_dir()):
-        raise ValueError(f"--pred {pred} and --ref {ref} must both be files or both be folders")
+        raise InvalidInput(f"--pred {pred} and --ref {ref} must both be files or both be folders")
     refs = {_case_name(r): r for r in _label_files(ref)}
     pairs, no_reference, used = [], [], set()
     for pred_path in _label_files(pred):
@@ -183,22 +184,22 @@ def match_cases(
             no_reference.append(pred_path)
     no_prediction = [path for key, path in refs.items() if key not in used]
     if not pairs:
-        raise ValueError(
+        raise InvalidInput(
             f"no prediction in {pred} matches a reference in {ref} "
             f"({len(no_reference)} prediction(s), {len(no_prediction)} reference(s))"
         )
     return pairs, no_reference, no_prediction
 
 
-def pair_cases(pred: Union[str, Path], ref: Union[str, Path]) -> list[tuple[str, Path, Path]]:
+def pair_cases(pred: str | Path, ref: str | Path) -> list[tuple[str, Path, Path]]:
     """The matched ``(case, pred_path, ref_path)`` of :func:`match_cases`."""
     return match_cases(pred, ref)[0]
 
 
 def evaluate_paths(
-    pred: Union[str, Path],
-    ref: Union[str, Path],
-    labels: Optional[Sequence[dict[str, Any]]] = None,
+    pred: str | Path,
+    ref: str | Path,
+    labels: Sequence[dict[str, Any]] | None = None,
     nsd_tolerance: NsdTolerance = DEFAULT_NSD_TOLERANCE_MM,
 ) -> list[dict[str, Any]]:
     """Rows for every case (see :func:`match_cases`), then one row per unmatched file (status
@@ -221,15 +222,15 @@ def evaluate_paths(
 
 def parse_nsd_tolerance(items: Sequence[str]) -> NsdTolerance:
     """``["2", "liver=3", "5=1"]`` -> ``{"default": 2.0, "liver": 3.0, 5: 1.0}``; one number: a float."""
-    table: dict[Union[str, int], float] = {}
+    table: dict[str | int, float] = {}
     for item in items:
         key, _, value = item.rpartition("=")
         try:
             mm = float(value)
         except ValueError:
-            raise ValueError(f"NSD tolerance {item!r}: expected MM or CLASS=MM, MM a number") from None
+            raise InvalidInput(f"NSD tolerance {item!r}: expected MM or CLASS=MM, MM a number") from None
         if not mm > 0:
-            raise ValueError(f"NSD tolerance {item!r}: must be positive millimetres")
+            raise InvalidInput(f"NSD tolerance {item!r}: must be positive millimetres")
         table[int(key) if key.isdigit() else (key or "default")] = mm
     return table["default"] if list(table) == ["default"] else table
 
@@ -244,7 +245,7 @@ def tolerance_for(label: dict[str, Any], tolerance: NsdTolerance) -> float:
     return float(tolerance.get("default", DEFAULT_NSD_TOLERANCE_MM))
 
 
-def write_rows_csv(rows: Sequence[dict[str, Any]], path: Union[str, Path], overwrite: bool = False) -> Path:
+def write_rows_csv(rows: Sequence[dict[str, Any]], path: str | Path, overwrite: bool = False) -> Path:
     """Write rows atomically; undefined scores are empty cells (the status column says why)."""
     cells = ({k: _cell(row.get(k)) for k in CSV_FIELDS} for row in rows)
     return write_csv(path, CSV_FIELDS, cells, overwrite=overwrite)
@@ -260,7 +261,7 @@ def _cell(value: Any) -> Any:
 
 def _scores(
     pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], hd95: bool, tolerance_mm: float
-) -> tuple[float, float, Optional[float]]:
+) -> tuple[float, float, float | None]:
     """Dice, NSD at ``tolerance_mm`` and (when asked for) HD95 of two non-empty binary masks."""
     from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
@@ -290,7 +291,7 @@ def check_same_grid(image: sitk.Image, ref: sitk.Image, where: str = "prediction
         ("direction", image.GetDirection(), ref.GetDirection()),
     ):
         if not np.allclose(a, b, atol=_GEOMETRY_TOLERANCE, rtol=0):
-            raise ValueError(
+            raise InvalidInput(
                 f"{where} {what} {tuple(round(v, 5) for v in a)} differs from the reference's "
                 f"{tuple(round(v, 5) for v in b)}; both must be on the same grid"
             )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional
 
+from mambamim.errors import InvalidInput
 from mambamim.infer.outputs.companions import AUTO, Companions, plan_companions
 
 
@@ -37,7 +37,7 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def companion_options(args: argparse.Namespace) -> dict[str, Optional[str]]:
+def companion_options(args: argparse.Namespace) -> dict[str, str | None]:
     """The ``plan_companions`` keywords the options ask for."""
     return {
         "seg_nrrd": None if args.no_seg_nrrd else args.seg_nrrd,
@@ -51,13 +51,13 @@ def companions_from_args(args: argparse.Namespace) -> Companions:
     return plan_companions(args.output, args.input, **companion_options(args))
 
 
-def batch_companion_options(args: argparse.Namespace) -> dict[str, Optional[str]]:
+def batch_companion_options(args: argparse.Namespace) -> dict[str, str | None]:
     """Batch mode: the same files beside every case's label map, under their default names; a file
     name given for one of them is refused (it would be the same for every case)."""
     options = companion_options(args)
     named = [f"--{key.replace('_', '-')}" for key, value in options.items() if value not in (None, AUTO)]
     if named:
-        raise ValueError(
+        raise InvalidInput(
             f"{', '.join(named)} with a file name works with one input volume; in batch mode give the "
             "option without a name (each case gets <case>_seg.seg.nrrd, ... beside its label map)"
         )

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
 
 import SimpleITK as sitk
+
+from mambamim.errors import InvalidInput
+from mambamim.infer.card import ModelCard
 
 AUTO = "auto"
 
@@ -29,10 +31,10 @@ AUTO = "auto"
 class Companions:
     """Paths to write (``None`` = not written); ``dicom_seg_required``: fail rather than note."""
 
-    seg_nrrd: Optional[Path] = None
-    dicom_seg: Optional[Path] = None
-    statistics: Optional[Path] = None
-    preview: Optional[Path] = None
+    seg_nrrd: Path | None = None
+    dicom_seg: Path | None = None
+    statistics: Path | None = None
+    preview: Path | None = None
     dicom_seg_required: bool = False
 
     def files(self) -> list[Path]:
@@ -43,23 +45,23 @@ class Companions:
             files.extend(statistics_paths(self.statistics))
         return files
 
-    def check(self, label_output: Union[str, Path], overwrite: bool) -> None:
+    def check(self, label_output: str | Path, overwrite: bool) -> None:
         """Refuse clashes, existing files (unless ``overwrite``) and folders that cannot be written."""
-        from mambamim.infer.io import check_writable
+        from mambamim.data.imageio import check_writable
 
         files = self.files()
         names = [p.resolve() for p in [Path(label_output), *files]]
         if len(set(names)) != len(names):
-            raise ValueError(f"two outputs share one file name: {', '.join(str(p) for p in files)}")
+            raise InvalidInput(f"two outputs share one file name: {', '.join(str(p) for p in files)}")
         for path in files:
             if path.exists() and not overwrite:
                 raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
             check_writable(path)
 
 
-def output_stem(output: Union[str, Path]) -> Path:
+def output_stem(output: str | Path) -> Path:
     """The label map path without its image suffix (``out/ct_labels.nii.gz`` -> ``out/ct_labels``)."""
-    from mambamim.infer.io import image_suffix
+    from mambamim.data.imageio import image_suffix
 
     output = Path(output)
     suffix = image_suffix(output)
@@ -67,20 +69,20 @@ def output_stem(output: Union[str, Path]) -> Path:
 
 
 def plan_companions(
-    output: Union[str, Path],
-    input_path: Union[str, Path],
+    output: str | Path,
+    input_path: str | Path,
     *,
-    seg_nrrd: Optional[str] = AUTO,
-    dicom_seg: Optional[str] = AUTO,
-    statistics: Optional[str] = None,
-    preview: Optional[str] = None,
+    seg_nrrd: str | None = AUTO,
+    dicom_seg: str | None = AUTO,
+    statistics: str | None = None,
+    preview: str | None = None,
 ) -> Companions:
     """Resolve each option (``None`` off, ``"auto"`` default name, else a path) for one label map."""
-    from mambamim.infer.io import is_dicom_folder
+    from mambamim.data.imageio import is_dicom_folder
 
     stem = output_stem(output)
 
-    def resolve(value: Optional[str], default: str) -> Optional[Path]:
+    def resolve(value: str | None, default: str) -> Path | None:
         if value is None:
             return None
         return stem.with_name(stem.name + default) if value == AUTO else Path(value)
@@ -92,10 +94,10 @@ def plan_companions(
         ("--preview", preview, (".png",)),
     ):
         if value not in (None, AUTO) and not str(value).lower().endswith(suffixes):
-            raise ValueError(f"{flag} {value}: the file name must end in {' or '.join(suffixes)}")
+            raise InvalidInput(f"{flag} {value}: the file name must end in {' or '.join(suffixes)}")
     dicom_input = is_dicom_folder(input_path)
     if dicom_seg not in (None, AUTO) and not dicom_input:
-        raise ValueError(f"--dicom-seg needs a DICOM series folder as input; {input_path} is not one")
+        raise InvalidInput(f"--dicom-seg needs a DICOM series folder as input; {input_path} is not one")
     return Companions(
         seg_nrrd=resolve(seg_nrrd, ".seg.nrrd"),
         dicom_seg=resolve(dicom_seg, "_seg.dcm") if dicom_input else None,
@@ -105,9 +107,9 @@ def plan_companions(
     )
 
 
-def preview_window(card: dict[str, Any]) -> Optional[tuple[float, float]]:
+def preview_window(card: ModelCard) -> tuple[float, float] | None:
     """The card's CT intensity window, shown as the preview's grey range; ``None`` (percentiles) else."""
-    intensity = card["input"]["intensity"]
+    intensity = card.input.intensity
     return (float(intensity["lower"]), float(intensity["upper"])) if intensity["type"] == "window" else None
 
 
@@ -115,16 +117,16 @@ def write_companions(
     companions: Companions,
     label_map: sitk.Image,
     image: sitk.Image,
-    card: dict[str, Any],
-    input_path: Union[str, Path],
+    card: ModelCard,
+    input_path: str | Path,
     *,
     overwrite: bool = False,
-    notes: Optional[list[str]] = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Path]:
     """Write the planned files; returns ``{name: path}``. On failure removes what it wrote, then raises."""
     from mambamim.infer.outputs.terminology import generic_terminology_note
 
-    labels = card["labels"]
+    labels = card.labels_as_dicts()
     notes = notes if notes is not None else []
     written: dict[str, Path] = {}
     try:
@@ -142,8 +144,8 @@ def write_companions(
                     labels,
                     companions.dicom_seg,
                     overwrite=overwrite,
-                    algorithm_name=str(card["name"]),
-                    algorithm_version=str(card.get("version", "")),
+                    algorithm_name=str(card.name),
+                    algorithm_version=str(card.version or ""),
                 )
             except DicomSegError as err:
                 if companions.dicom_seg_required:
@@ -168,7 +170,7 @@ def write_companions(
                 label_map,
                 labels,
                 window=preview_window(card),
-                title=f"{Path(input_path).name}: {card['name']} {card.get('version', '')}".strip(),
+                title=f"{Path(input_path).name}: {card.name} {card.version or ''}".strip(),
             )
     except BaseException:
         for path in written.values():

@@ -22,11 +22,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from mambamim.errors import InvalidInput
 from mambamim.infer.outputs.terminology import label_terminology
 from mambamim.safe_write import safe_write
 
@@ -49,11 +50,11 @@ class DicomSegResult:
     notes: list[str] = field(default_factory=list)
 
 
-class DicomSegError(ValueError):
+class DicomSegError(InvalidInput):
     """The label map and the DICOM series do not fit together, or the series cannot be referenced."""
 
 
-def series_files(folder: Union[str, Path]) -> list[str]:
+def series_files(folder: str | Path) -> list[str]:
     """Files of the series that ``read_image`` reads from ``folder`` (the largest, by GDCM's grouping)."""
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
@@ -63,7 +64,7 @@ def series_files(folder: Union[str, Path]) -> list[str]:
     )
 
 
-def read_source_headers(folder: Union[str, Path], notes: list[str]) -> list[Any]:
+def read_source_headers(folder: str | Path, notes: list[str]) -> list[Any]:
     """Headers (no pixel data) of the series in ``folder``, with blanked SOP UIDs restored from the file
     meta header and a new study UID where none is given (each said in ``notes``)."""
     import pydicom
@@ -106,7 +107,7 @@ def read_source_headers(folder: Union[str, Path], notes: list[str]) -> list[Any]
     return datasets
 
 
-def slice_order(datasets: Sequence[Any], grid: sitk.Image, folder: Union[str, Path]) -> list[int]:
+def slice_order(datasets: Sequence[Any], grid: sitk.Image, folder: str | Path) -> list[int]:
     """Index into ``datasets`` of each slice k of ``grid``, checking the series lies on ``grid``."""
     size = grid.GetSize()
     direction = np.asarray(grid.GetDirection()).reshape(3, 3)
@@ -158,7 +159,7 @@ def series_grid(datasets: Sequence[Any]) -> sitk.Image:
 
 
 def _label_map_image(
-    label_map: Union[sitk.Image, str, Path, np.ndarray], datasets: Sequence[Any]
+    label_map: sitk.Image | str | Path | np.ndarray, datasets: Sequence[Any]
 ) -> sitk.Image:
     if isinstance(label_map, sitk.Image):
         return label_map
@@ -173,16 +174,16 @@ def _label_map_image(
         image = sitk.GetImageFromArray(np.ascontiguousarray(label_map))
         image.CopyInformation(grid)
         return image
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
 
     return read_image(label_map, allow_constant=True)
 
 
 def write_dicom_seg(
-    label_map: Union[sitk.Image, str, Path, np.ndarray],
-    source_dicom_dir: Union[str, Path],
+    label_map: sitk.Image | str | Path | np.ndarray,
+    source_dicom_dir: str | Path,
     labels: Sequence[dict[str, Any]],
-    out_path: Union[str, Path],
+    out_path: str | Path,
     *,
     overwrite: bool = False,
     algorithm_name: str = "MambaMIM Segmenter",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,7 +34,7 @@ def _planes(array: np.ndarray, centre: Sequence[int]) -> list[np.ndarray]:
     return [array[z], array[:, y, :], array[:, :, x]]
 
 
-def display_range(image: sitk.Image, window: Optional[tuple[float, float]]) -> tuple[float, float]:
+def display_range(image: sitk.Image, window: tuple[float, float] | None) -> tuple[float, float]:
     """``window`` when given, else the 1st-99th percentile of the scan."""
     if window is not None:
         return float(window[0]), float(window[1])
@@ -43,12 +43,12 @@ def display_range(image: sitk.Image, window: Optional[tuple[float, float]]) -> t
 
 
 def save_preview(
-    path: Union[str, Path],
+    path: str | Path,
     image: sitk.Image,
     label_map: sitk.Image,
     labels: Sequence[dict[str, Any]],
     *,
-    window: Optional[tuple[float, float]] = None,
+    window: tuple[float, float] | None = None,
     title: str = "",
     dpi: int = 150,
 ) -> Path:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from mambamim.errors import InvalidInput
 from mambamim.infer.outputs.terminology import SLICER_CONTEXT, label_terminology
 from mambamim.safe_write import safe_write
 
@@ -49,7 +50,7 @@ def segmentation_dict(label_map: sitk.Image, labels: Sequence[dict[str, Any]]) -
     values = {int(label["value"]) for label in labels}
     unexpected = sorted(set(np.unique(array).tolist()) - values - {0})
     if unexpected:
-        raise ValueError(f"the label map holds values {unexpected} that the label table does not define")
+        raise InvalidInput(f"the label map holds values {unexpected} that the label table does not define")
     dtype = np.uint8 if max(values) < 256 else np.uint16 if max(values) < 65536 else np.int32
     voxels = np.ascontiguousarray(array.transpose(2, 1, 0)).astype(dtype, copy=False)  # (i, j, k)
     taken: set[str] = set()
@@ -89,7 +90,7 @@ def segmentation_dict(label_map: sitk.Image, labels: Sequence[dict[str, Any]]) -
 
 
 def write_seg_nrrd(
-    label_map: sitk.Image, labels: Sequence[dict[str, Any]], path: Union[str, Path], overwrite: bool = False
+    label_map: sitk.Image, labels: Sequence[dict[str, Any]], path: str | Path, overwrite: bool = False
 ) -> Path:
     """Write ``label_map`` with the card ``labels`` (``value``, ``name``, ``color``, ``snomed?``) as a
     Slicer ``.seg.nrrd`` at ``path``, atomically; refuse an existing file unless ``overwrite``."""

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from mambamim.infer.io import write_csv
+from mambamim.data.imageio import write_csv
 from mambamim.safe_write import safe_write
 
 FIELDS = ("value", "name", "voxels", "volume_ml", "intensity_mean", "intensity_std")
@@ -31,7 +31,7 @@ def voxel_volume_ml(image: sitk.Image) -> float:
 
 
 def label_statistics(
-    label_map: sitk.Image, image: Optional[sitk.Image], labels: Sequence[dict[str, Any]]
+    label_map: sitk.Image, image: sitk.Image | None, labels: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """One row per label (``value``, ``name`` records): voxels, volume in mL, intensity mean and std.
 
@@ -66,7 +66,7 @@ def label_statistics(
     return rows
 
 
-def statistics_paths(path: Union[str, Path]) -> tuple[Path, Path]:
+def statistics_paths(path: str | Path) -> tuple[Path, Path]:
     """(CSV, JSON) for a requested statistics path: ``x.csv`` or ``x.json`` gives both ``x.*``."""
     path = Path(path)
     stem = path.with_suffix("") if path.suffix.lower() in (".csv", ".json") else path
@@ -74,7 +74,7 @@ def statistics_paths(path: Union[str, Path]) -> tuple[Path, Path]:
 
 
 def write_statistics(
-    rows: Sequence[dict[str, Any]], path: Union[str, Path], overwrite: bool = False
+    rows: Sequence[dict[str, Any]], path: str | Path, overwrite: bool = False
 ) -> tuple[Path, Path]:
     """Write ``rows`` as CSV and JSON (see :func:`statistics_paths`); returns both paths."""
     csv_path, json_path = statistics_paths(path)
