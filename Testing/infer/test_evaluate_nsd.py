@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from mambamim.infer.evaluate import compare_label_maps, evaluate_paths, parse_nsd_tolerance
 from mambamim.data.imageio import read_image, write_image
 from mambamim.data.labels import parse_labels
+from mambamim.infer.evaluate import compare_label_maps, evaluate_paths, parse_nsd_tolerance
 
 CUBE = [{"value": 1, "name": "cube"}]
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from mambamim.checkpoint import save_checkpoint
 from mambamim.infer.recon_figure import MASK_TINT, FigureInfo, FigureOptions, save_reconstruction_figure
-from mambamim.mim.model import MambaMIM
 from mambamim.infer.reconstruct import reconstruct_file
+from mambamim.mim.model import MambaMIM
 from PIL import Image
 
 WINDOW = {"type": "window", "lower": -175.0, "upper": 250.0}

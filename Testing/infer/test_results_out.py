@@ -16,11 +16,11 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from mambamim.data.imageio import read_image
+from mambamim.data.labels import parse_labels
 from mambamim.infer.outputs.dicom_seg import DicomSegError, write_dicom_seg
 from mambamim.infer.outputs.preview import _lps, save_preview
 from mambamim.infer.outputs.seg_nrrd import write_seg_nrrd
 from mambamim.infer.outputs.statistics import label_statistics, write_statistics
-from mambamim.data.labels import parse_labels
 
 LIVER_SPINE = [
     {"value": 1, "name": "liver", "color": [221, 130, 101], "snomed": {"code": "10200004"}},
