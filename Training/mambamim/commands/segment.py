@@ -87,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=("nii.gz", "nrrd"), default="nii.gz", help="batch-mode output format"
     )
+    from mambamim.infer.outputs.cli import add_output_arguments
+
+    add_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,6 +130,8 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
     if args.input.is_dir() and not is_dicom_folder(args.input):
         if args.reference is not None:
             raise InvalidInput("--reference works with one input volume; use `mambamim evaluate` for folders")
+        from mambamim.infer.outputs.cli import batch_companion_options
+
         rows, csv_path = segment_folder(
             args.input,
             args.output,
@@ -135,6 +140,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
             overwrite=args.overwrite,
             progress=reporter,
             cancel=cancel,
+            companion_options=batch_companion_options(args),
             **options,
         )
         failed = [r for r in rows if r["status"] != "ok"]
@@ -142,6 +148,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         summary.extend(f"  skipped {row['case']}: {row['message']}" for row in failed)
         return {"folder": str(args.output), "timings": str(csv_path)}
 
+    from mambamim.infer.outputs.cli import companions_from_args
     from mambamim.infer.segment import segment_file
 
     result = segment_file(
@@ -152,6 +159,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         reference=args.reference,
         progress=reporter,
         cancel=cancel,
+        companions=companions_from_args(args),
         **options,
     )
     summary.extend(f"note: {note}" for note in result.notes)
@@ -161,4 +169,5 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         f"wrote {result.output} in {result.seconds:.1f} s on {result.device} "
         f"(model grid {list(result.model_shape)}; inference {result.timings['inference']:.1f} s)"
     )
-    return {"labels": str(result.output)}
+    summary.extend(f"wrote {path}" for path in result.companions.values())
+    return {"labels": str(result.output), **{name: str(path) for name, path in result.companions.items()}}

@@ -30,6 +30,7 @@ from mambamim.infer.memory import (
     available_bytes,
     estimate_memory,
 )
+from mambamim.infer.outputs.companions import Companions, write_companions
 from mambamim.infer.package import LoadedPackage, load_package
 from mambamim.infer.preprocess import from_model_space, to_model_space
 from mambamim.infer.progress import CancelToken, ProgressCallback, ProgressEvent, ProgressTracker
@@ -60,6 +61,7 @@ class SegmentResult:
     memory_estimate: dict[str, int] = field(default_factory=dict)  # bytes per device, before the run
     windows: dict[str, Any] = field(default_factory=dict)  # policy, roi, overlap, count of the run
     output: Path | None = None
+    companions: dict[str, Path] = field(default_factory=dict)  # .seg.nrrd, DICOM SEG, statistics, preview
 
 
 def resolve_device(name: str) -> torch.device:
@@ -236,15 +238,19 @@ def segment_file(
     reference: str | Path | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    companions: Companions | None = None,
     **options: Any,
 ) -> SegmentResult:
     """Read ``input_path``, segment it, write the label map atomically to ``output_path``.
 
     ``options`` are those of :func:`segment_image`. With ``reference`` (a label map on the input grid)
     the result carries per-organ Dice / HD95 in ``metrics``. Progress: 5 % reading, 90 % segmenting,
-    5 % writing; nothing is written when cancelled or on error.
+    5 % writing; nothing is written when cancelled or on error. ``companions``: the files written beside
+    the label map (:mod:`mambamim.infer.outputs.companions`), checked before any work.
     """
     output_path = check_output_path(output_path, overwrite)
+    if companions is not None:
+        companions.check(output_path, overwrite)
     t_start = time.perf_counter()
     progress = progress or (lambda event: None)
     progress(ProgressEvent("load", 0.0, None, f"reading {input_path}"))
@@ -275,6 +281,15 @@ def segment_file(
     progress(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
     t = time.perf_counter()
     result.output = write_image(result.labels, output_path, overwrite=overwrite)
+    if companions is not None:
+        try:
+            result.companions = write_companions(
+                companions, result.labels, image, package.card, input_path,
+                overwrite=overwrite, notes=result.notes,
+            )  # fmt: skip
+        except BaseException:
+            result.output.unlink(missing_ok=True)  # all or nothing
+            raise
     result.timings = {
         "read": read_s,
         "load_model": load_s,
