@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--pretrained", help="MambaMIM checkpoint / encoder.safetensors / any partial state dict"
     )
+    model.add_argument(
+        "--allow-partial-encoder", action="store_const", const=True,
+        help="train on when --pretrained fits only in part (missing or other-shaped encoder tensors)",
+    )  # fmt: skip
     model.add_argument("--freeze-encoder-epochs", type=int, help="epochs with the encoder frozen (lr 0)")
     val = parser.add_argument_group("validation and split")
     val.add_argument("--split", choices=("auto", "kfold"),
@@ -49,21 +53,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pkg.add_argument("--license", help="licence of the weights for the model card")
 
 
-def run(args: argparse.Namespace) -> int:
-    from mambamim.engine.finetune import make_config, run_finetune
+def config_from_args(args: argparse.Namespace):
+    """The fine-tuning config the options ask for (also used by ``mambamim crossval``)."""
+    from mambamim.engine.finetune import make_config
 
     names = (
-        "labels_dir", "label_names", "model_name", "pretrained", "freeze_encoder_epochs", "split", "folds",
-        "fold", "val_every", "overlap", "sw_batch", "package_name", "modality", "training_data", "license",
+        "labels_dir", "label_names", "model_name", "pretrained", "allow_partial_encoder",
+        "freeze_encoder_epochs", "split", "folds", "fold", "val_every", "overlap", "sw_batch", "package_name",
+        "modality", "training_data", "license",
     )  # fmt: skip
-    explicit = {name: getattr(args, name) for name in names}
+    explicit = {name: getattr(args, name, None) for name in names}
+    overrides = common_overrides(args)
+    return make_config(args.preset, data=args.data, model=args.model_config, **explicit, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mambamim.engine.finetune import run_finetune
+
     try:
-        config = make_config(
-            args.preset, data=args.data, model=args.model_config, **explicit, **common_overrides(args)
-        )
+        config = config_from_args(args)
         result = run_finetune(
             config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
             overwrite=args.overwrite, show_bar=not args.no_progress, package_dir=args.package,
+            epochs=args.epochs,
         )  # fmt: skip
     except USER_ERRORS as exc:
         return report_error(exc)

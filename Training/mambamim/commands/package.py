@@ -105,6 +105,7 @@ def _build(args: argparse.Namespace) -> Path:
     import json
 
     from mambamim.data.intensity import CT_WINDOW, MR_ZSCORE
+    from mambamim.engine.card_metrics import checkpoint_card_metrics
     from mambamim.engine.checkpoint import load_checkpoint
     from mambamim.infer.package import make_card, save_package, write_zip
 
@@ -144,7 +145,7 @@ def _build(args: argparse.Namespace) -> Path:
     if args.metrics is not None:
         metrics = json_arg(args.metrics, "--metrics")
     else:
-        metrics = training.get("metrics") or (payload.get("extra") or {}).get("metrics") or {}
+        metrics = training.get("metrics") or checkpoint_card_metrics(payload)
     card = make_card(
         name=args.name or args.out.name,
         labels=labels,

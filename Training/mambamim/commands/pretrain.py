@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         config = make_config(args.preset, data=args.data, model=model, **common_overrides(args))
         result = run_pretrain(
             config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
-            overwrite=args.overwrite, show_bar=not args.no_progress,
+            overwrite=args.overwrite, show_bar=not args.no_progress, epochs=args.epochs,
         )  # fmt: skip
     except USER_ERRORS as exc:
         return report_error(exc)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mambamim.data.label_checks import same_file
+from mambamim.data.nnunet_raw import is_name_to_value, labels_from_nnunet
 from mambamim.infer.io import READ_SUFFIXES, is_dicom_folder
 
 
@@ -82,6 +84,8 @@ def paired_folders(image_dir: str | os.PathLike, label_dir: str | os.PathLike) -
     nnU-Net style ``case_0000.nii.gz`` images pair with ``case.nii.gz`` labels. An image without a label
     is an error naming it: silently dropping cases would change the split.
     """
+    if same_file(image_dir, label_dir):
+        raise ValueError(f"--labels-dir {label_dir} is the image folder itself; give the label maps' folder")
     labels = {_case_name(p): p for p in find_scans(label_dir)}
     pairs = []
     for image in find_scans(image_dir):
@@ -149,7 +153,8 @@ def kfold_split(items: Sequence[Any], folds: int = 5, fold: int = 0, seed: int =
 def load_label_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Foreground labels ``[{value, name, color}]`` from a dataset.json (``labels``) or a JSON file.
 
-    The file holds ``{"1": "spleen", ...}`` (MSD style, background optional) or a list of
+    The file holds ``{"1": "spleen", ...}`` (MSD style, background optional), nnU-Net v2's
+    ``{"background": 0, "spleen": 1}``, or a list of
     ``{"value", "name", "color"?, "snomed"?}`` records; missing colours get the package palette.
     """
     from mambamim.infer.package import PackageError, parse_labels
@@ -161,6 +166,8 @@ def load_label_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read label names from {path}: {exc}") from exc
     table = content.get("labels", content) if isinstance(content, dict) else content
+    if is_name_to_value(table):  # nnU-Net v2: {"background": 0, "liver": 1}
+        table = labels_from_nnunet(table, path)
     try:
         return parse_labels(table)
     except PackageError as exc:

@@ -22,8 +22,17 @@ from torch import nn
 
 from mambamim.data.dataset import EpochSampler, VolumeDataset
 from mambamim.data.intensity import CT_WINDOW, validate_intensity_spec
+from mambamim.data.label_checks import check_label_values
+from mambamim.data.nnunet_raw import (
+    channel_warning,
+    find_nnunet_dataset,
+    nnunet_training_items,
+    read_nnunet_dataset,
+)
+from mambamim.data.progress_bars import terminal_bar
 from mambamim.data.sources import has_list, kfold_split, load_dataset_json, load_label_table, paired_folders
 from mambamim.data.transforms import finetune_transforms, validation_transforms
+from mambamim.engine.card_metrics import card_metrics
 from mambamim.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mambamim.engine.distributed import (
     DistributedContext,
@@ -33,6 +42,7 @@ from mambamim.engine.distributed import (
 )
 from mambamim.engine.loop import LoopState, TrainingLoop
 from mambamim.engine.monitor import TrainingMonitor
+from mambamim.engine.pretrained import check_encoder_fit, warn_on_setting_changes
 from mambamim.engine.schedule import build_optimizer, build_scheduler, frozen_until, warmup_cosine
 from mambamim.engine.setup import (
     apply_preset,
@@ -74,6 +84,7 @@ class FinetuneConfig:
     model_name: str = "hymamba"
     model: dict[str, Any] = field(default_factory=dict)  # constructor overrides (out_channels is derived)
     pretrained: str = ""
+    allow_partial_encoder: bool = False  # train on when --pretrained fits only in part
     freeze_encoder_epochs: int = 0
     roi: int = 96
     num_samples: int = 4
@@ -140,14 +151,19 @@ class FinetuneResult:
 
 def dataset_split(config: FinetuneConfig) -> tuple[list[dict], list[dict], str]:
     """(train items, validation items, how the split was made)."""
-    if config.data.lower().endswith(".json"):
+    nnunet = find_nnunet_dataset(config.data)
+    if nnunet is not None:
+        items = nnunet_training_items(read_nnunet_dataset(nnunet))
+    elif config.data.lower().endswith(".json"):
         items = load_dataset_json(config.data, "training")
         if config.split == "auto" and has_list(config.data, "validation"):
             return items, load_dataset_json(config.data, "validation"), "the dataset's validation list"
     elif config.labels_dir:
         items = paired_folders(config.data, config.labels_dir)
     else:
-        raise ValueError(f"{config.data}: give a dataset.json, or an image folder together with --labels-dir")
+        raise ValueError(
+            f"{config.data}: give a dataset.json, an nnU-Net raw dataset or an image folder with --labels-dir"
+        )
     train, val = kfold_split(items, config.folds, config.fold, seed=0)
     how = f"fold {config.fold} of a {config.folds}-fold split (seed 0)"
     if len(items) == 1:
@@ -156,7 +172,9 @@ def dataset_split(config: FinetuneConfig) -> tuple[list[dict], list[dict], str]:
 
 
 def label_table(config: FinetuneConfig) -> list[dict[str, Any]]:
-    source = config.label_names or (config.data if config.data.lower().endswith(".json") else "")
+    nnunet = find_nnunet_dataset(config.data)
+    source = config.label_names or (str(nnunet / "dataset.json") if nnunet is not None else "")
+    source = source or (config.data if config.data.lower().endswith(".json") else "")
     if not source:
         raise ValueError('--label-names is required with image/label folders (a JSON {"1": "spleen", ...})')
     return load_label_table(source)
@@ -192,8 +210,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_pretrained(model: nn.Module, path: Path, report) -> None:
-    """Load what fits, print matched / missing / unexpected; no matched encoder key is an error."""
+def load_pretrained(model: nn.Module, path: Path, report, allow_partial: bool = False) -> None:
+    """Load what fits, print matched / missing / unexpected; no matched encoder key is an error, and so
+    is an encoder that fits only in part unless ``allow_partial``."""
     from mambamim.nn.state_dict import load_partial_state_dict
 
     weights = read_weights(path)
@@ -210,6 +229,7 @@ def load_pretrained(model: nn.Module, path: Path, report) -> None:
             f"architecture and size? ({len(result.unexpected)} unexpected, "
             f"{len(result.shape_mismatched)} shape-mismatched){hint if authors else ''}"
         )
+    check_encoder_fit(list(model.state_dict()), result, path, allow_partial, report)
 
 
 def supervision_loss(loss_fn: nn.Module, output: Any, label: torch.Tensor) -> torch.Tensor:
@@ -245,7 +265,7 @@ def validate(
         include_background=False, reduction="none", ignore_empty=True, num_classes=num_classes
     )
     use_amp = config.amp and ctx.device.type == "cuda"
-    for index in range(len(dataset)):
+    for index in terminal_bar(range(len(dataset)), "validating", "case"):
         item = dataset[index]
         image = item["image"][None].to(ctx.device)
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -283,6 +303,7 @@ def run_finetune(
     workers: int | None = None,
     overwrite: bool = False,
     show_bar: bool = True,
+    epochs: int | None = None,
     package_dir: str | os.PathLike | None = None,
 ) -> FinetuneResult:
     """Fine-tune as ``config`` says and write a model package (default ``<output_dir>/package``)."""
@@ -295,12 +316,16 @@ def run_finetune(
     report = stderr_report(ctx.is_main)
     try:
         config, payload, resume_path = start_run(
-            config, FinetuneConfig, FINETUNE_FORMAT, output_dir, resume, workers, overwrite, ctx, report
-        )
+            config, FinetuneConfig, FINETUNE_FORMAT, output_dir, resume, workers, overwrite, ctx, report,
+            epochs,
+        )  # fmt: skip
 
         labels = label_table(config)
         model_config = {"out_channels": max(e["value"] for e in labels) + 1, **config.model}
         train_items, val_items, split_how = dataset_split(config)
+        check_label_values(train_items + val_items, labels, show_bar=None if show_bar else False)
+        if warning := channel_warning(config.data, config.intensity):
+            report(warning)
         roi = (config.roi,) * 3
         deterministic, random = finetune_transforms(roi, config.num_samples, config.spacing, config.intensity)
         train_set = VolumeDataset(train_items, deterministic, random, config.seed, config.cache, report)
@@ -314,7 +339,8 @@ def run_finetune(
         if payload is not None:
             load_model_state(model, payload["model"], resume_path)
         elif config.pretrained:
-            load_pretrained(model, Path(config.pretrained), report)
+            load_pretrained(model, Path(config.pretrained), report, config.allow_partial_encoder)
+            warn_on_setting_changes(Path(config.pretrained), config.model_name, config.model, config, report)
         ddp_model = wrap_model(model, ctx)
 
         sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, seed=config.seed)
@@ -348,6 +374,8 @@ def run_finetune(
             "format_version": FORMAT_VERSION,
             "config": {"model_name": config.model_name, "model_config": model_config, "training": training},
         }
+        # The label table and the split's caveat travel in every checkpoint: `package` needs no --labels.
+        base_payload["config"].update(labels=labels, validation=split_how)
         if ctx.is_main:
             write_json_atomic(output_dir / "config.json", base_payload["config"])
         columns = ["mean_dice", *(f"dice_{e['name']}" for e in labels)]
@@ -420,15 +448,6 @@ def write_package(
 
     source = output_dir / "best.pt" if (output_dir / "best.pt").is_file() else output_dir / "last.pt"
     weights = load_checkpoint(source, expected_format=FINETUNE_FORMAT)["model"]
-    metrics = state.extra.get("metrics") or {}
-    card_metrics = {
-        "validation": split_how,
-        "mean_dice": metrics.get("mean_dice"),
-        "dice": metrics.get("dice", {}),
-        "best_epoch": state.extra.get("best_epoch"),
-        "epochs": config.epochs,
-        "steps": state.step,
-    }
     card = make_card(
         name=config.package_name or f"{config.model_name}-finetuned",
         labels=list(labels),
@@ -439,7 +458,7 @@ def write_package(
         overlap=config.overlap,
         license=config.license,
         training_data=config.training_data or f"fine-tuned on {config.data}",
-        metrics=card_metrics,
+        metrics=card_metrics(state.extra, split_how, config.epochs, state.step),
         description=f"{config.model_name} fine-tuned with mambamim finetune (preset {config.preset})"
         + (f" from {Path(config.pretrained).name}" if config.pretrained else ""),
     )

@@ -23,6 +23,7 @@ from mambamim.data.transforms import pretrain_transforms
 from mambamim.engine.distributed import init_distributed, shutdown_distributed, unwrap_model, wrap_model
 from mambamim.engine.loop import LoopState, TrainingLoop
 from mambamim.engine.monitor import TrainingMonitor
+from mambamim.engine.pretrained import ENCODER_FORMAT, encoder_metadata
 from mambamim.engine.schedule import build_optimizer, build_scheduler, warmup_cosine
 from mambamim.engine.setup import (
     apply_preset,
@@ -128,13 +129,17 @@ class PretrainResult:
     model: torch.nn.Module  # the trained MambaMIM (this rank's copy)
 
 
-def export_encoder(model: torch.nn.Module, path: Path) -> None:
-    """``encoder.*`` weights (``MambaMIM.encoder_state_dict``) as safetensors, written atomically."""
+def export_encoder(model: torch.nn.Module, path: Path, config: PretrainConfig | None = None) -> None:
+    """``encoder.*`` weights (``MambaMIM.encoder_state_dict``) as safetensors, written atomically, with the
+    architecture, spacing and intensity of ``config`` in the header (fine-tuning checks them)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap_model(model).encoder_state_dict().items()}
     with safe_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "mambamim-encoder"})
+        metadata = {"format": ENCODER_FORMAT}
+        if config is not None:
+            metadata = encoder_metadata(unwrap_model(model).config, config)
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def run_pretrain(
@@ -145,6 +150,7 @@ def run_pretrain(
     workers: int | None = None,
     overwrite: bool = False,
     show_bar: bool = True,
+    epochs: int | None = None,
 ) -> PretrainResult:
     """Pre-train MambaMIM as ``config`` says (``resume``: a checkpoint path or "auto" = output/last.pt)."""
     from mambamim.mim.model import MambaMIM
@@ -154,8 +160,9 @@ def run_pretrain(
     report = stderr_report(ctx.is_main)
     try:
         config, payload, resume_path = start_run(
-            config, PretrainConfig, PRETRAIN_FORMAT, output_dir, resume, workers, overwrite, ctx, report
-        )
+            config, PretrainConfig, PRETRAIN_FORMAT, output_dir, resume, workers, overwrite, ctx, report,
+            epochs,
+        )  # fmt: skip
 
         roi = (config.roi,) * 3
         deterministic, random = pretrain_transforms(roi, config.num_samples, config.spacing, config.intensity)
@@ -211,7 +218,7 @@ def run_pretrain(
 
         def on_epoch_end(loop_state: LoopState) -> dict[str, Any]:
             if ctx.is_main:
-                export_encoder(model, output_dir / "encoder.safetensors")
+                export_encoder(model, output_dir / "encoder.safetensors", config)
             epoch_losses = losses[-steps_per_epoch:]
             return {"mean_loss": sum(epoch_losses) / max(len(epoch_losses), 1)}
 
@@ -246,7 +253,7 @@ def run_pretrain(
         finally:
             monitor.close()
         if ctx.is_main and status == "completed":
-            export_encoder(model, output_dir / "encoder.safetensors")
+            export_encoder(model, output_dir / "encoder.safetensors", config)
             report(f"done: {output_dir / 'last.pt'}, encoder weights {output_dir / 'encoder.safetensors'}")
         last_loss = losses[-1] if losses else None
         return PretrainResult(status, output_dir, state.step, state.epoch, last_loss, model)
