@@ -15,7 +15,7 @@ from mambamim.data.nnunet_raw import (
     nnunet_training_items,
     read_nnunet_dataset,
 )
-from mambamim.data.sources import load_label_table, paired_folders
+from mambamim.data.sources import load_label_table, paired_folders, scan_list
 from mambamim.engine.finetune import dataset_split, label_table, make_config
 from tiny_nnunet import OFFSETS, make_tiny_nnunet_dataset, nnunet_labels
 
@@ -46,6 +46,15 @@ def test_dataset_found_by_id_or_name_under_nnunet_raw(raw_root, dataset, name, t
     assert find_nnunet_dataset(name) == dataset
     assert find_nnunet_dataset(dataset) == dataset  # a path
     assert find_nnunet_dataset(dataset / "dataset.json") == dataset
+
+
+def test_pretraining_reads_training_and_test_images(dataset, data_dir):
+    (dataset / "imagesTs").mkdir()
+    (dataset / "imagesTs" / "mr_000_0000.nii.gz").symlink_to(data_dir / "ct_abdomen" / "mr.nii.gz")
+    images = [item["image"].rsplit("/", 2)[1:] for item in scan_list("Dataset042_TinyAbdomen")]
+    assert images == [["imagesTr", f"abd_{i:03d}_0000.nii.gz"] for i in range(5)] + [
+        ["imagesTs", "mr_000_0000.nii.gz"]
+    ]
 
 
 def test_unknown_id_is_a_clear_error(raw_root):

@@ -20,7 +20,8 @@ PRESETS = ("paper", "tiny")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data", nargs="?", default=None,
-        help="MSD-style dataset.json, or an image folder paired with --labels-dir (not needed with --resume)",
+        help="MSD-style dataset.json, an nnU-Net v2 raw dataset (folder, or ID/name under $nnUNet_raw), or "
+        "an image folder paired with --labels-dir (not needed with --resume)",
     )  # fmt: skip
     parser.add_argument("--labels-dir", help="folder of label maps named like the images")
     parser.add_argument("--label-names", help='JSON label table {"1": "spleen", ...} (default: dataset.json)')

@@ -20,8 +20,8 @@ PRESETS = ("paper", "tiny")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data", nargs="?", default=None,
-        help="folder of NIfTI/NRRD/MGH scans and DICOM series folders, one scan, or an MSD dataset.json "
-        "(not needed with --resume)",
+        help="folder of NIfTI/NRRD/MGH scans and DICOM series folders, one scan, an MSD dataset.json or an "
+        "nnU-Net v2 raw dataset (imagesTr and imagesTs; not needed with --resume)",
     )  # fmt: skip
     add_common_arguments(parser, PRESETS)
     mim = parser.add_argument_group("MambaMIM (default: model constructor / preset)")

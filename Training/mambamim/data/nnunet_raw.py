@@ -202,3 +202,13 @@ def channel_warning(data: str | os.PathLike, intensity: Mapping[str, Any]) -> st
         f"warning: {folder / 'dataset.json'} names its channel {channel!r} but this run normalises with "
         f"{dict(intensity)}; pass --intensity {option} as nnU-Net does"
     )
+
+
+def nnunet_unlabelled_items(dataset: NnUNetDataset) -> list[dict[str, str]]:
+    """Every image of imagesTr and imagesTs as ``{"image"}`` (pre-training needs no labels)."""
+    items = [{"image": item["image"]} for item in nnunet_training_items(dataset)]
+    test_dir = dataset.folder / "imagesTs"
+    if test_dir.is_dir():
+        suffix = f"_0000{dataset.file_ending}"
+        items += [{"image": str(p)} for p in sorted(test_dir.iterdir()) if p.name.endswith(suffix)]
+    return items

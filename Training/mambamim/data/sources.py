@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from mambamim.data.label_checks import same_file
-from mambamim.data.nnunet_raw import is_name_to_value, labels_from_nnunet
+from mambamim.data.nnunet_raw import (
+    find_nnunet_dataset,
+    is_name_to_value,
+    labels_from_nnunet,
+    nnunet_unlabelled_items,
+    read_nnunet_dataset,
+)
 from mambamim.infer.io import READ_SUFFIXES, is_dicom_folder
 
 
@@ -108,7 +114,11 @@ def _case_name(path: Path) -> str:
 
 
 def scan_list(source: str | os.PathLike) -> list[dict]:
-    """Unlabelled scans for pre-training: a folder, a single scan, or a dataset.json (all its lists)."""
+    """Unlabelled scans for pre-training: a folder, a single scan, a dataset.json (all its lists), or an
+    nnU-Net v2 raw dataset (imagesTr and imagesTs)."""
+    nnunet = find_nnunet_dataset(source)
+    if nnunet is not None:
+        return nnunet_unlabelled_items(read_nnunet_dataset(nnunet))
     path = Path(source)
     if path.suffix.lower() == ".json":
         items: list[dict] = []

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import statistics
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,10 +150,13 @@ def case_scores(
     pred = torch.cat([prediction == v for v in values], dim=1).float()
     ref = torch.cat([reference == v for v in values], dim=1).float()
     dice = compute_dice(pred, ref, include_background=True, ignore_empty=True)[0]
-    nsd = compute_surface_dice(
-        pred, ref, class_thresholds=[tolerance_mm] * len(values), include_background=True,
-        spacing=[float(s) for s in spacing],
-    )[0]  # fmt: skip
+    with warnings.catch_warnings():  # classes absent from a case are expected; they score None below
+        warnings.filterwarnings("ignore", message=".* is all 0", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        nsd = compute_surface_dice(
+            pred, ref, class_thresholds=[tolerance_mm] * len(values), include_background=True,
+            spacing=[float(s) for s in spacing],
+        )[0]  # fmt: skip
     present = ref.flatten(2).amax(-1)[0] > 0
     dice_out: dict[str, float | None] = {}
     nsd_out: dict[str, float | None] = {}

@@ -111,6 +111,7 @@ class TrainingMonitor:
                 "elapsed_s": elapsed_s,
             }
         )
+        self._plot.pending = True
         if self._tb is not None:
             self._tb.add_scalar("train/loss", loss, step)
             self._tb.add_scalar("train/lr", lr, step)

@@ -76,15 +76,17 @@ def write_progress_plot(out_dir: Path) -> Path | None:
 
 
 class ProgressPlot:
-    """Redraws ``progress.png`` after an epoch, at most every ``min_interval_s`` seconds unless forced."""
+    """Redraws ``progress.png`` after an epoch, at most every ``min_interval_s`` seconds;
+    ``update(force=True)`` (the end of a run) draws what is still ``pending`` (steps since the last one)."""
 
     def __init__(self, out_dir: Path, min_interval_s: float = 10.0) -> None:
         self.out_dir, self.min_interval_s = out_dir, min_interval_s
+        self.pending = False
         self._last = -math.inf
 
     def update(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self.min_interval_s:
+        if not self.pending or (not force and time.monotonic() - self._last < self.min_interval_s):
             return
         write_progress_plot(self.out_dir)
+        self.pending = False
         self._last = time.monotonic()
