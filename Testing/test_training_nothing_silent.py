@@ -4,6 +4,7 @@ labels and caveats carried to the package, progress.png and the TensorBoard noti
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 
@@ -50,6 +51,26 @@ def test_changed_settings_warn_and_equal_settings_do_not(encoder_file, tmp_path)
     save_file(load_file(str(encoder_file)), str(bare))  # weights without the settings header
     warn_on_setting_changes(bare, "hymamba", same.model, same, messages.append)
     assert "stores no pre-training settings" in messages[-1]
+
+
+def test_pretraining_checkpoint_settings_are_compared_too(tmp_path):
+    from mambamim.engine.checkpoint import save_checkpoint
+    from mambamim.engine.pretrain import PRETRAIN_FORMAT
+    from mambamim.engine.setup import config_to_dict
+
+    mim = MambaMIM(encoder_config=TINY)
+    training = config_to_dict(pretrain_config("tiny", data="unused", spacing=[2.0, 2.0, 2.0]))
+    path = save_checkpoint(tmp_path / "last.pt", {
+        "format": PRETRAIN_FORMAT, "format_version": 1, "config": {"model": mim.config, "training": training},
+        "model": mim.state_dict(),
+    })  # fmt: skip  (the payload run_pretrain writes, less the optimiser state)
+    messages: list[str] = []
+    run = make_config("tiny", data="x", spacing=[3.0, 3.0, 3.0])
+    model = build_model("hymamba", out_channels=3, **TINY)
+    load_pretrained(model, path, messages.append)
+    warn_on_setting_changes(path, "hymamba", run.model, run, messages.append)
+    assert "spacing [2.0, 2.0, 2.0] mm vs [3.0, 3.0, 3.0] mm" in messages[-1]
+    assert "encoder " not in messages[-1]  # same architecture
 
 
 def test_partial_encoder_is_an_error_unless_allowed(encoder_file, tmp_path):
@@ -141,3 +162,33 @@ def test_resume_with_more_epochs_extends_and_package_needs_no_labels(tmp_path, l
     assert "validation on the training scan: optimistic" in card["metrics"]["validation"]
     assert card["metrics"]["validation"] == load_package(out / "package").card["metrics"]["validation"]
     assert card["metrics"]["epochs"] == 3
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_caching_and_validation_show_bars_on_a_terminal(tmp_path, data_dir, monkeypatch):
+    from mambamim.data.dataset import VolumeDataset
+    from mambamim.data.progress_bars import terminal_bar
+    from mambamim.data.transforms import validation_transforms
+    from mambamim.engine.distributed import init_distributed
+    from mambamim.engine.finetune import label_table, validate
+    from tiny_nnunet import make_tiny_nnunet_dataset
+
+    dataset_dir = make_tiny_nnunet_dataset(tmp_path, data_dir)
+    config = make_config("tiny", data=str(dataset_dir), spacing=[6.0, 6.0, 6.0])
+    items = [{"image": str(dataset_dir / "imagesTr" / "abd_004_0000.nii.gz"),
+              "label": str(dataset_dir / "labelsTr" / "abd_004.nii.gz")}]  # fmt: skip
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    dataset = VolumeDataset(items, validation_transforms(config.spacing, config.intensity, (config.roi,) * 3))
+    assert "caching volumes" in terminal.getvalue() and "1/1" in terminal.getvalue()
+    labels = label_table(config)
+    model = build_model("hymamba", out_channels=len(labels) + 1, **TINY)
+    validate(model, dataset, config, labels, init_distributed("cpu"))
+    assert "validating" in terminal.getvalue()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: no bar
+    assert list(terminal_bar(range(3), "caching volumes", "volume")) == [0, 1, 2]
+    assert sys.stderr.getvalue() == ""

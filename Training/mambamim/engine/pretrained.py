@@ -33,9 +33,10 @@ def encoder_metadata(mim_config: Mapping[str, Any], training: Any) -> dict[str, 
 
 
 def read_encoder_metadata(path: Path) -> dict[str, Any] | None:
-    """The pre-training settings stored in a safetensors encoder file, or None if it has none."""
+    """The pre-training settings stored in a safetensors encoder file (or a pre-training checkpoint), or
+    None if it has none."""
     if path.suffix != ".safetensors":
-        return None
+        return _pretrain_checkpoint_settings(path)
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -48,6 +49,24 @@ def read_encoder_metadata(path: Path) -> dict[str, Any] | None:
         }
     except json.JSONDecodeError:
         return None
+
+
+def _pretrain_checkpoint_settings(path: Path) -> dict[str, Any] | None:
+    """The same settings from a pre-training ``last.pt`` (its config), or None for any other file."""
+    from mambamim.engine.checkpoint import load_checkpoint
+
+    try:
+        payload = load_checkpoint(path)
+    except Exception:  # not a mambamim checkpoint (a plain state dict, say): nothing to compare
+        return None
+    config = payload.get("config")
+    if payload.get("format") != "mambamim-pretrain" or not isinstance(config, dict):
+        return None
+    training = config.get("training") or {}
+    encoder_config = (config.get("model") or {}).get("encoder_config", {})
+    saved = {"architecture": {"name": "hymamba", "encoder_config": encoder_config}}
+    saved.update({key: training[key] for key in ("spacing", "intensity", "roi") if key in training})
+    return saved
 
 
 def compare_settings(
