@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mambamim.commands.cli_args import exit_code
 from mambamim.commands.finetune import add_arguments as add_finetune_arguments
-from mambamim.engine.cli_args import USER_ERRORS, exit_code, report_error
 
 HELP = "Cross-validate: fine-tune every fold (resumable fold by fold) and write a Dice/NSD summary table."
 EXAMPLE = "example: mambamim crossval Dataset001_Liver -o runs/liver_cv --folds 5 --preset tiny"
@@ -27,16 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mambamim.commands.finetune import config_from_args
     from mambamim.engine.crossval import run_crossval
+    from mambamim.errors import InvalidInput
 
     given = {"--fold": args.fold, "--split": args.split, "--resume": args.resume, "--package": args.package}
     ignored = [flag for flag, value in given.items() if value is not None]
     if ignored:
-        return report_error(ValueError(f"{', '.join(ignored)} do(es) not apply to crossval (see --help)"))
-    try:
-        result = run_crossval(
-            config_from_args(args), args.output_dir, device=args.device, workers=args.workers,
-            overwrite=args.overwrite, show_bar=not args.no_progress, nsd_tolerance_mm=args.nsd_tolerance,
-        )  # fmt: skip
-    except USER_ERRORS as exc:
-        return report_error(exc)
+        raise InvalidInput(f"{', '.join(ignored)} do(es) not apply to crossval (see --help)")
+    result = run_crossval(
+        config_from_args(args), args.output_dir, device=args.device, workers=args.workers,
+        overwrite=args.overwrite, show_bar=not args.no_progress, nsd_tolerance_mm=args.nsd_tolerance,
+    )  # fmt: skip
     return exit_code(result.status)

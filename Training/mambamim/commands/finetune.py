@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from mambamim.engine.cli_args import (
-    USER_ERRORS,
+from mambamim.commands.cli_args import (
     add_common_arguments,
     common_overrides,
     exit_code,
     json_object,
-    report_error,
 )
 
 HELP = "Fine-tune a segmentation network (optionally from a MambaMIM encoder) and write a model package."
@@ -71,15 +69,12 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from mambamim.engine.finetune import run_finetune
 
-    try:
-        config = config_from_args(args)
-        result = run_finetune(
-            config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
-            overwrite=args.overwrite, show_bar=not args.no_progress, package_dir=args.package,
-            epochs=args.epochs,
-        )  # fmt: skip
-    except USER_ERRORS as exc:
-        return report_error(exc)
+    config = config_from_args(args)
+    result = run_finetune(
+        config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
+        overwrite=args.overwrite, show_bar=not args.no_progress, package_dir=args.package,
+        epochs=args.epochs,
+    )  # fmt: skip
     if result.best_dice is not None:
         print(f"best validation mean Dice {result.best_dice:.4f}; package: {result.package}")
     return exit_code(result.status)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from mambamim.engine.cli_args import (
-    USER_ERRORS,
+from mambamim.commands.cli_args import (
     add_common_arguments,
     common_overrides,
     exit_code,
     json_object,
-    report_error,
 )
 
 HELP = "Pre-train a HyMamba encoder with MambaMIM on unlabelled scans (CPU, one GPU, or torchrun)."
@@ -50,12 +48,9 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.encoder_config is not None:
         model["encoder_config"] = args.encoder_config
-    try:
-        config = make_config(args.preset, data=args.data, model=model, **common_overrides(args))
-        result = run_pretrain(
-            config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
-            overwrite=args.overwrite, show_bar=not args.no_progress, epochs=args.epochs,
-        )  # fmt: skip
-    except USER_ERRORS as exc:
-        return report_error(exc)
+    config = make_config(args.preset, data=args.data, model=model, **common_overrides(args))
+    result = run_pretrain(
+        config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
+        overwrite=args.overwrite, show_bar=not args.no_progress, epochs=args.epochs,
+    )  # fmt: skip
     return exit_code(result.status)

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from mambamim.data.progress_bars import terminal_bar
+from mambamim.errors import InvalidInput
 
 _SHOWN_VALUES = 8
 
 
-class LabelValueError(ValueError):
+class LabelValueError(InvalidInput):
     """A label map that does not fit the label table (or is the image itself)."""
 
 
@@ -38,7 +39,7 @@ def check_label_values(
     ``show_bar=None`` shows a bar only on a terminal. Unreadable files are left to the dataset, which
     reports and skips them.
     """
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
 
     allowed = {0, *(int(entry["value"]) for entry in labels)}
     labelled = [item for item in items if item.get("label")]

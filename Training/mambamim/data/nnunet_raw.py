@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mambamim.errors import InvalidInput
+
 NNUNET_RAW_ENV = "nnUNet_raw"
 _REQUIRED_KEYS = ("channel_names", "labels", "file_ending")
 _DATASET_ID = re.compile(r"^(?:Dataset)?(\d{1,3})$")
 
 
-class NnUNetDatasetError(ValueError):
+class NnUNetDatasetError(InvalidInput):
     """An nnU-Net raw dataset that cannot be used as it is; the message names the file."""
 
 

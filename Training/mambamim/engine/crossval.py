@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from mambamim.engine.setup import write_json_atomic
+from mambamim.errors import InvalidInput
 
 METRICS_FILE = "validation_metrics.json"
 SUMMARY_COLUMNS = ("class", "cases", "dice_mean", "dice_sd", "nsd_mean", "nsd_sd")
@@ -58,7 +59,7 @@ def run_crossval(
     from mambamim.engine.setup import stderr_report
 
     if nsd_tolerance_mm <= 0:
-        raise ValueError(f"--nsd-tolerance must be > 0 mm, got {nsd_tolerance_mm}")
+        raise InvalidInput(f"--nsd-tolerance must be > 0 mm, got {nsd_tolerance_mm}")
     output_dir = Path(output_dir)
     report = stderr_report(True)
     config = dataclasses.replace(config, split="kfold", fold=0)
@@ -92,10 +93,10 @@ def evaluate_fold(where: Path, nsd_tolerance_mm: float, device: str = "auto") ->
     """Score the fold's best weights on its validation cases; writes ``where/validation_metrics.json``."""
     from monai.inferers import sliding_window_inference
 
+    from mambamim.checkpoint import load_checkpoint
     from mambamim.data.dataset import VolumeDataset
     from mambamim.data.progress_bars import terminal_bar
     from mambamim.data.transforms import validation_transforms
-    from mambamim.engine.checkpoint import load_checkpoint
     from mambamim.engine.finetune import FINETUNE_FORMAT, FinetuneConfig, dataset_split, label_table
     from mambamim.engine.setup import config_from_dict
     from mambamim.nn import build_model
@@ -174,7 +175,7 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
 
 def summarise(output_dir: Path, folds: int, nsd_tolerance_mm: float) -> dict[str, Any]:
     """``summary.json`` / ``summary.csv`` over all folds' validation cases, and the table printed."""
-    from mambamim.infer.io import write_csv
+    from mambamim.data.imageio import write_csv
 
     per_fold = []
     for fold in range(folds):

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mambamim.errors import InvalidInput
+
 ENCODER_FORMAT = "mambamim-encoder"
 _SHOWN = 3
 
@@ -53,7 +55,7 @@ def read_encoder_metadata(path: Path) -> dict[str, Any] | None:
 
 def _pretrain_checkpoint_settings(path: Path) -> dict[str, Any] | None:
     """The same settings from a pre-training ``last.pt`` (its config), or None for any other file."""
-    from mambamim.engine.checkpoint import load_checkpoint
+    from mambamim.checkpoint import load_checkpoint
 
     try:
         payload = load_checkpoint(path)
@@ -133,7 +135,7 @@ def check_encoder_fit(
         f"/{len(encoder_keys)} encoder tensors fit"
     )
     if not allow_partial:
-        raise ValueError(
+        raise InvalidInput(
             f"{text}. Is it an encoder of this architecture and size? Pass --allow-partial-encoder to train "
             "with the rest left at their initial values"
         )

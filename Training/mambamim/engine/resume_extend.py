@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from mambamim.errors import InvalidInput
+
 
 def extend_epochs(
     config: Any, payload: dict[str, Any], epochs: int | None, report: Callable[[str], None]
@@ -21,7 +23,7 @@ def extend_epochs(
         return config
     done = int(payload.get("epoch", 0))
     if epochs < config.epochs:
-        raise ValueError(
+        raise InvalidInput(
             f"--epochs {epochs} with --resume: the run was planned for {config.epochs} epochs ({done} done); "
             f"a resumed run can only be extended (--epochs above {config.epochs}), or start a new run"
         )

@@ -13,20 +13,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
+from mambamim.cpu_memory import format_bytes
+from mambamim.data.imageio import check_output_path, read_image, write_image
+from mambamim.errors import InvalidInput, Unavailable
+from mambamim.infer.card import ModelCard
 from mambamim.infer.input_checks import check_segmentation_input
-from mambamim.infer.io import check_output_path, read_image, write_image
 from mambamim.infer.memory import (
     MemoryEstimate,
     activation_bytes_per_voxel,
     available_bytes,
     estimate_memory,
-    format_bytes,
 )
 from mambamim.infer.package import LoadedPackage, load_package
 from mambamim.infer.preprocess import from_model_space, to_model_space
@@ -57,28 +59,28 @@ class SegmentResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     memory_estimate: dict[str, int] = field(default_factory=dict)  # bytes per device, before the run
     windows: dict[str, Any] = field(default_factory=dict)  # policy, roi, overlap, count of the run
-    output: Optional[Path] = None
+    output: Path | None = None
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available else CPU; ``cuda`` without a usable GPU is an error."""
     if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
+        raise InvalidInput(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise Unavailable(
             "--device cuda was asked for but torch sees no CUDA GPU (CPU-only build or no driver); "
             "use --device cpu or auto"
         )
     return torch.device(name)
 
 
-def check_channels(card: dict[str, Any], package_path: Union[str, Path]) -> None:
+def check_channels(card: ModelCard, package_path: str | Path) -> None:
     """Refuse a package needing more input channels than one image provides."""
-    if int(card["input"]["channels"]) != 1:
-        raise ValueError(
-            f"model package {package_path} needs {card['input']['channels']} input channels; "
+    if card.input.channels != 1:
+        raise InvalidInput(
+            f"model package {package_path} needs {card.input.channels} input channels; "
             "segment takes one image"
         )
 
@@ -89,17 +91,17 @@ def segment_image(
     *,
     device: str = "auto",
     fast: bool = False,
-    overlap: Optional[float] = None,
-    sw_batch_size: Optional[int] = None,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
     keep_largest: bool = False,
-    modality: Optional[str] = None,
+    modality: str | None = None,
     allow_label_map: bool = False,
     allow_other_modality: bool = False,
     allow_small: bool = False,
     window_policy: str = "auto",
     source: str = "the input volume",
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> SegmentResult:
     """Segment ``image`` with ``package``; see the module docstring.
 
@@ -115,7 +117,7 @@ def segment_image(
     check_segmentation_input(
         image,
         source,
-        card,
+        card.input.modality,
         modality=modality,
         allow_label_map=allow_label_map,
         allow_other_modality=allow_other_modality,
@@ -124,13 +126,13 @@ def segment_image(
     tracker = ProgressTracker(progress, _STAGES)
     notes: list[str] = []
 
-    def note(message: str) -> None:
+    def report(message: str) -> None:
         notes.append(message)
         logger.warning(message)
         tracker.update("inference", 0.0, message)
 
-    spacing = np.asarray(card["input"]["spacing"], dtype=float)
-    run_overlap = float(card["input"]["overlap"])
+    spacing = np.asarray(card.input.spacing, dtype=float)
+    run_overlap = card.input.overlap
     if fast:
         spacing = spacing * FAST_SPACING_FACTOR
         run_overlap = min(run_overlap, FAST_OVERLAP)
@@ -139,16 +141,16 @@ def segment_image(
 
     tracker.update("preprocess", 0.0, f"resampling to {spacing.round(3).tolist()} mm")
     t = time.perf_counter()
-    array, ref = to_model_space(image, spacing.tolist(), card["input"]["intensity"])
+    array, ref = to_model_space(image, spacing.tolist(), dict(card.input.intensity))
     timings["preprocess"] = time.perf_counter() - t
     tracker.update("preprocess", 1.0, f"model grid {list(array.shape)}")
     if cancel is not None:
         cancel.raise_if_cancelled()
 
     network = package.model.to(sw_device).eval()
-    num_classes = max(label["value"] for label in card["labels"]) + 1
+    num_classes = card.num_classes
     batch = int(sw_batch_size or DEFAULT_SW_BATCH[sw_device.type])
-    card_roi = [int(r) for r in card["input"]["roi_size"]]
+    card_roi = list(card.input.roi_size)
     per_voxel = activation_bytes_per_voxel(network, 1, card_roi)  # one probe pass, reused below
     plan = plan_windows(
         network,
@@ -166,7 +168,7 @@ def segment_image(
     layout = f"sliding {roi} windows at overlap {run_overlap} ({plan.policy}: {plan.reason})"
     tracker.update("inference", 0.0, layout)
     batch, stitch_device, estimate = _plan_memory(
-        network, array.shape, roi, num_classes, sw_device, batch, note, per_voxel
+        network, array.shape, roi, num_classes, sw_device, batch, report, per_voxel
     )
     needs = ", ".join(
         f"{format_bytes(estimate.needed_on(d))} on {d}" for d in sorted({sw_device.type, "cpu"})
@@ -189,7 +191,7 @@ def segment_image(
         device=stitch_device,
         on_window=on_window,
         cancel=cancel,
-        notify=note,
+        report=report,
     )
     labels = logits.argmax(0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int32).cpu().numpy()
     del logits, volume
@@ -202,7 +204,7 @@ def segment_image(
     if keep_largest:
         from mambamim.infer.postprocess import keep_largest_component  # SciPy, only when asked for
 
-        labels = keep_largest_component(labels, [label["value"] for label in card["labels"]])
+        labels = keep_largest_component(labels, card.label_values)
     label_image = from_model_space(labels, ref, is_label=True)
     timings["postprocess"] = time.perf_counter() - t
     tracker.update("postprocess", 1.0, "label map on the input grid")
@@ -226,14 +228,14 @@ def segment_image(
 
 
 def segment_file(
-    input_path: Union[str, Path],
-    output_path: Union[str, Path],
-    model: Union[str, Path, LoadedPackage],
+    input_path: str | Path,
+    output_path: str | Path,
+    model: str | Path | LoadedPackage,
     *,
     overwrite: bool = False,
-    reference: Union[str, Path, None] = None,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
+    reference: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
     **options: Any,
 ) -> SegmentResult:
     """Read ``input_path``, segment it, write the label map atomically to ``output_path``.
@@ -244,8 +246,8 @@ def segment_file(
     """
     output_path = check_output_path(output_path, overwrite)
     t_start = time.perf_counter()
-    emit = progress or (lambda event: None)
-    emit(ProgressEvent("load", 0.0, None, f"reading {input_path}"))
+    progress = progress or (lambda event: None)
+    progress(ProgressEvent("load", 0.0, None, f"reading {input_path}"))
     t = time.perf_counter()
     image = read_image(input_path)
     read_s = time.perf_counter() - t
@@ -258,19 +260,19 @@ def segment_file(
 
         reference_image = read_image(reference, allow_constant=True)
         check_same_grid(image, reference_image, where=f"input {input_path}")
-    emit(ProgressEvent("load", 0.05, None, f"model {package.card['name']} {package.card['version']}"))
+    progress(ProgressEvent("load", 0.05, None, f"model {package.card.name} {package.card.version}"))
     if cancel is not None:
         cancel.raise_if_cancelled()
 
     def inner(event: ProgressEvent) -> None:
-        emit(ProgressEvent(event.stage, 0.05 + 0.9 * event.fraction, event.eta_s, event.message))
+        progress(ProgressEvent(event.stage, 0.05 + 0.9 * event.fraction, event.eta_s, event.message))
 
     options.setdefault("source", str(input_path))
     result = segment_image(image, package, progress=inner, cancel=cancel, **options)
     if cancel is not None:
         cancel.raise_if_cancelled()
     check_output_path(output_path, overwrite)  # again: the folder may have changed during the run
-    emit(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
+    progress(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
     t = time.perf_counter()
     result.output = write_image(result.labels, output_path, overwrite=overwrite)
     result.timings = {
@@ -283,7 +285,7 @@ def segment_file(
         from mambamim.infer.evaluate import compare_label_maps
 
         result.metrics = compare_label_maps(
-            result.labels, reference_image, package.card["labels"], hd95=False
+            result.labels, reference_image, package.card.labels_as_dicts(), hd95=False
         )
     result.seconds = time.perf_counter() - t_start
     return result
@@ -296,7 +298,7 @@ def _plan_memory(
     num_classes: int,
     sw_device: torch.device,
     batch: int,
-    note: Callable[[str], None],
+    report: Callable[[str], None],
     per_voxel: float,
 ) -> tuple[int, torch.device, MemoryEstimate]:
     """Choose the window batch and stitching device that fit (with their estimate), or refuse with advice.
@@ -323,11 +325,11 @@ def _plan_memory(
         batch //= 2
         est = estimate(batch, stitch)
         if est.needed_on(sw_device.type) <= free:
-            note(f"limited memory: sw_batch_size={batch}")
+            report(f"limited memory: sw_batch_size={batch}")
     if sw_device.type == "cuda" and est.needed_on("cuda") > free:
         stitch = torch.device("cpu")
         est = estimate(batch, stitch)
-        note("the output does not fit on the GPU next to the network: stitching on the CPU")
+        report("the output does not fit on the GPU next to the network: stitching on the CPU")
     if est.needed_on(sw_device.type) > free:
         where = "GPU memory" if sw_device.type == "cuda" else "RAM"
         advice = (

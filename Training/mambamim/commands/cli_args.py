@@ -1,0 +1,92 @@
+"""Command-line options shared by ``mambamim pretrain`` and ``mambamim finetune`` (argparse only;
+the values they take are parsed by the data layer).
+
+Every training option defaults to ``None`` = "not given", so the preset (and, below it, the model
+constructors) decide; only what the user types overrides them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
+
+
+def intensity_spec(text: str) -> dict[str, Any]:
+    """``--intensity``: see :func:`mambamim.data.intensity.parse_intensity`."""
+    from mambamim.data.intensity import parse_intensity
+
+    try:
+        return parse_intensity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--{exc}") from None
+
+
+def spacing(text: str) -> list[float]:
+    """``--spacing``: see :func:`mambamim.data.spacing.parse_spacing`."""
+    from mambamim.data.spacing import parse_spacing
+
+    try:
+        return parse_spacing(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--{exc}") from None
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ...]) -> None:
+    run = parser.add_argument_group("run")
+    run.add_argument("-o", "--output-dir", required=True, help="folder for checkpoints, logs and results")
+    run.add_argument("--preset", default="paper", choices=presets, help="settings preset (default: paper)")
+    run.add_argument(
+        "--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+        help="continue a run: CHECKPOINT, or OUTPUT_DIR/last.pt when no path is given; the run's saved "
+        "settings are used (only --workers and --device may change; a larger --epochs extends the run)",
+    )  # fmt: skip
+    run.add_argument("--overwrite", action="store_true", help="start over in an output folder holding a run")
+    run.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    run.add_argument("--workers", type=int, help="data-loading worker processes")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (logs are still written)")
+    run.add_argument(
+        "--checkpoint-every", type=int, metavar="STEPS",
+        help="also write last.pt every STEPS optimiser steps (default 0: at the end of each epoch); a run "
+        "killed outright loses at most this interval, Ctrl-C loses nothing",
+    )  # fmt: skip
+
+    train = parser.add_argument_group("training (default: from --preset)")
+    train.add_argument("--crop-size", dest="roi", type=int, help="edge of the cubic training crops (voxels)")
+    train.add_argument("--num-samples", type=int, help="random crops per volume")
+    train.add_argument("--batch", type=int, help="crops per optimiser step and process")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--warmup-epochs", type=float, help="linear warm-up before the cosine decay")
+    train.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
+    train.add_argument("--spacing", type=spacing, help="target voxel size in mm: 1.5 or 1.5,1.5,2")
+    train.add_argument("--intensity", type=intensity_spec, help="ct (default), zscore, or window:LOWER:UPPER")
+    train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--no-amp", dest="amp", action="store_const", const=False, help="no bf16 autocast on CUDA"
+    )
+    train.add_argument("--no-cache", dest="cache", action="store_const", const=False,
+                       help="load volumes on demand instead of caching them in memory")  # fmt: skip
+
+
+def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The explicitly given training options, as config field overrides."""
+    names = ("roi", "num_samples", "batch", "epochs", "lr", "weight_decay", "warmup_epochs", "grad_clip",
+             "spacing", "intensity", "seed", "amp", "cache", "checkpoint_every")  # fmt: skip
+    return {name: getattr(args, name) for name in names}
+
+
+def exit_code(status: str) -> int:
+    """0 when the run completed, 130 (like a shell's SIGINT status) when it stopped on Ctrl-C/SIGTERM."""
+    return 0 if status == "completed" else 130
