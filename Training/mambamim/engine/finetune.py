@@ -96,7 +96,7 @@ class FinetuneConfig(TrainingConfig):
             raise InvalidInput(f"--freeze-encoder-epochs must be in [0, {self.epochs - 1}]")
 
     def data_hint(self) -> str:
-        return "a dataset.json, or an image folder with --labels-dir"
+        return "a dataset.json, an nnU-Net raw dataset, or an image folder with --labels-dir"
 
 
 def make_config(preset: str = "paper", **overrides: Any) -> FinetuneConfig:
