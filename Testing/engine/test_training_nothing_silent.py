@@ -159,10 +159,10 @@ def test_resume_with_more_epochs_extends_and_package_needs_no_labels(tmp_path, l
     )  # no --labels
     assert command.run(args) == 0
     card = load_package(tmp_path / "pkg").card
-    assert [(e["value"], e["name"]) for e in card["labels"]] == [(1, "liver")]
-    assert "validation on the training scan: optimistic" in card["metrics"]["validation"]
-    assert card["metrics"]["validation"] == load_package(out / "package").card["metrics"]["validation"]
-    assert card["metrics"]["epochs"] == 3
+    assert [(e.value, e.name) for e in card.labels] == [(1, "liver")]
+    assert "validation on the training scan: optimistic" in card.metrics["validation"]
+    assert card.metrics["validation"] == load_package(out / "package").card.metrics["validation"]
+    assert card.metrics["epochs"] == 3
 
 
 class _Terminal(io.StringIO):
