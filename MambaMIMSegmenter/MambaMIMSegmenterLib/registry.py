@@ -10,6 +10,8 @@ next to the registry's entries.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import re
@@ -86,12 +88,23 @@ class ModelEntry:
 
 
 def readCard(packageDir: Path) -> dict[str, Any]:
-    """The ``model.json`` card of a package folder, checked against the model card schema."""
+    """The ``model.json`` card of a package folder, checked against the model card schema.
+
+    A Segment click consults the card several times (overlap, modality, labels); the file is parsed and
+    checked once and then served from memory until it changes on disk. Each caller gets its own copy."""
     cardPath = Path(packageDir) / CARD_FILE
-    if not cardPath.is_file():
-        raise RegistryError(f"{packageDir} is not a model package: it has no {CARD_FILE}")
     try:
-        card = json.loads(cardPath.read_text(encoding="utf-8"))
+        stat = cardPath.stat()
+    except OSError:
+        raise RegistryError(f"{packageDir} is not a model package: it has no {CARD_FILE}") from None
+    return copy.deepcopy(_checkedCard(str(cardPath.absolute()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=32)
+def _checkedCard(cardPath: str, mtimeNs: int, size: int) -> dict[str, Any]:
+    """The parsed, checked card; the modification time and size in the key make a changed file re-read."""
+    try:
+        card = json.loads(Path(cardPath).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RegistryError(f"cannot read model card {cardPath}: {exc}") from exc
     problems = cardProblems(card)

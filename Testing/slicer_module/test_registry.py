@@ -243,3 +243,28 @@ def test_a_card_missing_what_the_engine_needs_is_refused_by_the_schema(tmp_path)
     (folder / "model.json").write_text(json.dumps(card))
     with pytest.raises(RegistryError, match=r"input: 'spacing' is a required property.*labels/0/color/2"):
         readCard(folder)
+
+
+def test_a_card_is_parsed_once_until_it_changes_on_disk(tmp_path, monkeypatch):
+    """A Segment click consults the card several times; the file is read once, a changed file again."""
+    from MambaMIMSegmenterLib.registry import readCard
+
+    folder, _ = _make_package(tmp_path / "pkg")
+    reads = []
+    original = Path.read_text
+
+    def counting_read(self, *args, **kwargs):
+        reads.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting_read)
+    first = readCard(folder)
+    first["name"] = "changed by a caller"
+    assert readCard(folder)["name"] != "changed by a caller"  # each caller gets its own copy
+    assert reads.count("model.json") == 1
+    card = json.loads((folder / "model.json").read_text())
+    card["version"] = "9.9.9"
+    # another size, so the cache key changes even within one clock tick
+    (folder / "model.json").write_text(json.dumps(card, indent=4))
+    assert readCard(folder)["version"] == "9.9.9"
+    assert reads.count("model.json") == 3  # the test's own read, then the changed file once
