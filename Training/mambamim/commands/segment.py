@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mambamim.commands.aliases import add_alias
+
 HELP = "segment a NIfTI/NRRD/MGH file, a DICOM folder or a folder of volumes with a model package"
 
 # The built-in demonstration package (issue 4, section 5), used when --model is not given.
@@ -15,8 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=Path,
+        action="append",
         default=None,
-        help=f"model package folder or .zip (default: the built-in demo, {DEMO_PACKAGE.name})",
+        help=f"model package folder or .zip (default: the built-in demo, {DEMO_PACKAGE.name}); repeat it to "
+        "ensemble several packages (e.g. the five folds), whose probabilities are averaged; a .npz from "
+        "--save-probabilities joins the average as one member",
     )
     parser.add_argument(
         "--input",
@@ -47,8 +52,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "0.25, chosen from the memory estimate (fewer voxel-evaluations, faster on a CPU); auto = card",
     )
     parser.add_argument(
-        "--sw-batch-size", type=int, default=None, help="windows per forward pass (CPU 1, GPU 4)"
-    )
+        "--sw-batch-size", type=int, default=None,
+        help="windows per forward pass (default: 4 on CPU and GPU, measured: see mambamim.infer.defaults)",
+    )  # fmt: skip
+    add_alias(parser, "--sw-batch", "--sw-batch-size", "sw_batch_size", int)
+    parser.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, default=None,
+        help="mirroring test-time augmentation as nnU-Net: 8 mirrored passes per window, so 8x the inference "
+        "time (on a CPU minutes instead of seconds) for a small gain; default: on with CUDA, off on CPU",
+    )  # fmt: skip
+    parser.add_argument(
+        "--save-probabilities", nargs="?", const=True, default=None, metavar="NPZ",
+        help="also write the per-class probabilities on the input grid with the label table (.npz, default "
+        "name <output>.probabilities.npz), to ensemble later with --model FILE.npz",
+    )  # fmt: skip
     parser.add_argument(
         "--keep-largest", action="store_true", help="keep the largest component of each organ"
     )
@@ -105,7 +122,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
     from mambamim.infer.evaluate import format_dice_table
     from mambamim.infer.io import is_dicom_folder
 
-    model = args.model or DEMO_PACKAGE
+    model = args.model or [DEMO_PACKAGE]
     if args.model is None and not DEMO_PACKAGE.exists():
         raise FileNotFoundError(
             f"--model was not given and the built-in demo package {DEMO_PACKAGE} is missing"
@@ -116,6 +133,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         overlap=args.overlap,
         sw_batch_size=args.sw_batch_size,
         keep_largest=args.keep_largest,
+        tta=args.tta,
         modality=args.modality,
         allow_label_map=args.allow_label_map,
         allow_other_modality=args.allow_other_modality,
@@ -125,12 +143,17 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
     if args.input.is_dir() and not is_dicom_folder(args.input):
         if args.reference is not None:
             raise ValueError("--reference works with one input volume; use `mambamim evaluate` for folders")
+        if args.save_probabilities not in (None, True):
+            raise ValueError(
+                "in batch mode --save-probabilities takes no file name (one .npz beside each label map)"
+            )
         rows, csv_path = segment_folder(
             args.input,
             args.output,
             model,
             fmt=args.format,
             overwrite=args.overwrite,
+            save_probabilities=True if args.save_probabilities else None,
             progress=reporter,
             cancel=cancel,
             **options,
@@ -148,6 +171,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         model,
         overwrite=args.overwrite,
         reference=args.reference,
+        save_probabilities=args.save_probabilities,
         progress=reporter,
         cancel=cancel,
         **options,
@@ -159,4 +183,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         f"wrote {result.output} in {result.seconds:.1f} s on {result.device} "
         f"(model grid {list(result.model_shape)}; inference {result.timings['inference']:.1f} s)"
     )
+    if result.probability_file is not None:
+        summary.append(f"wrote probabilities {result.probability_file}")
+        return {"labels": str(result.output), "probabilities": str(result.probability_file)}
     return {"labels": str(result.output)}

@@ -26,20 +26,24 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def intensity_spec(text: str) -> dict[str, Any]:
-    """``ct`` (window -175..250 HU), ``zscore`` (MRI), or ``window:LOWER:UPPER``."""
-    if text == "ct":
-        return {"type": "window", "lower": -175.0, "upper": 250.0}
-    if text == "zscore":
-        return {"type": "zscore"}
-    parts = text.split(":")
-    if len(parts) == 3 and parts[0] == "window":
+    """``ct`` (window -175..250 HU), ``zscore`` (MRI), ``window:LOWER:UPPER`` or
+    ``clip_zscore:LOWER:UPPER:MEAN:STD`` (nnU-Net's CT normalisation): the one ``--intensity`` syntax."""
+    from mambamim.data.intensity import CT_WINDOW, MR_ZSCORE, validate_intensity_spec
+
+    if text in ("ct", "zscore"):
+        return dict(CT_WINDOW if text == "ct" else MR_ZSCORE)
+    kind, _, rest = text.partition(":")
+    fields = {"window": ("lower", "upper"), "clip_zscore": ("lower", "upper", "mean", "std")}.get(kind)
+    parts = rest.split(":") if rest else []
+    if fields is not None and len(parts) == len(fields):
         try:
-            lower, upper = float(parts[1]), float(parts[2])
+            return validate_intensity_spec({"type": kind, **dict(zip(fields, (float(p) for p in parts)))})
         except ValueError:
-            lower = upper = 0.0
-        if upper > lower:
-            return {"type": "window", "lower": lower, "upper": upper}
-    raise argparse.ArgumentTypeError(f"--intensity must be ct, zscore or window:LOWER:UPPER, got {text!r}")
+            pass
+    raise argparse.ArgumentTypeError(
+        "--intensity must be ct, zscore, window:LOWER:UPPER or clip_zscore:LOWER:UPPER:MEAN:STD, "
+        f"got {text!r}"
+    )
 
 
 def spacing(text: str) -> list[float]:
@@ -76,7 +80,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ..
     )  # fmt: skip
 
     train = parser.add_argument_group("training (default: from --preset)")
-    train.add_argument("--crop-size", dest="roi", type=int, help="edge of the cubic training crops (voxels)")
+    train.add_argument("--roi-size", dest="roi", type=int, help="edge of the cubic training crops (voxels)")
     train.add_argument("--num-samples", type=int, help="random crops per volume")
     train.add_argument("--batch", type=int, help="crops per optimiser step and process")
     train.add_argument("--epochs", type=int)
@@ -85,7 +89,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ..
     train.add_argument("--warmup-epochs", type=float, help="linear warm-up before the cosine decay")
     train.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
     train.add_argument("--spacing", type=spacing, help="target voxel size in mm: 1.5 or 1.5,1.5,2")
-    train.add_argument("--intensity", type=intensity_spec, help="ct (default), zscore, or window:LOWER:UPPER")
+    train.add_argument(
+        "--intensity", type=intensity_spec,
+        help="ct (the default), zscore, window:LOW:UP or clip_zscore:LOW:UP:MEAN:STD",
+    )  # fmt: skip
     train.add_argument("--seed", type=int)
     train.add_argument(
         "--no-amp", dest="amp", action="store_const", const=False, help="no bf16 autocast on CUDA"

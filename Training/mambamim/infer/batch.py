@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from mambamim.infer.ensemble import Models, load_members
 from mambamim.infer.io import READ_SUFFIXES, image_suffix, is_dicom_folder, write_csv
-from mambamim.infer.package import LoadedPackage, load_package
 from mambamim.infer.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent
 from mambamim.infer.segment import segment_file
 
@@ -61,7 +61,7 @@ def find_cases(
 def segment_folder(
     input_dir: Union[str, Path],
     output_dir: Union[str, Path],
-    model: Union[str, Path, LoadedPackage],
+    model: Models,
     *,
     fmt: str = "nii.gz",
     overwrite: bool = False,
@@ -79,7 +79,9 @@ def segment_folder(
     csv_path = output_dir / TIMINGS_FILE
     if csv_path.exists() and not overwrite:
         raise FileExistsError(f"output {csv_path} already exists; pass --overwrite to replace it")
-    package = model if isinstance(model, LoadedPackage) else load_package(model)
+    package, saved = load_members(model)  # one package, or an ensemble of packages
+    if saved:
+        raise ValueError(f"probability files ({saved[0].path}) belong to one case; batch mode takes packages")
     emit = progress or (lambda event: None)
     rows = []
     for index, case in enumerate(cases):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -19,6 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from mambamim.infer.defaults import default_sw_batch
+from mambamim.infer.ensemble import Models, check_same_labels, load_members
 from mambamim.infer.input_checks import check_segmentation_input
 from mambamim.infer.io import check_output_path, read_image, write_image
 from mambamim.infer.memory import (
@@ -28,10 +30,20 @@ from mambamim.infer.memory import (
     estimate_memory,
     format_bytes,
 )
-from mambamim.infer.package import LoadedPackage, load_package
-from mambamim.infer.preprocess import from_model_space, to_model_space
+from mambamim.infer.package import LoadedPackage
+from mambamim.infer.preprocess import to_model_space
+from mambamim.infer.probabilities import (
+    ModelGridProbabilities,
+    SavedProbabilities,
+    combine,
+    default_probability_path,
+    label_image,
+)
+from mambamim.infer.probabilities import check_same_grid as check_probability_grid
+from mambamim.infer.probabilities import save_probabilities as save_probabilities_file
 from mambamim.infer.progress import CancelToken, ProgressCallback, ProgressEvent, ProgressTracker
 from mambamim.infer.sliding_window import sliding_window_logits
+from mambamim.infer.tta import MirroredNetwork, use_tta
 from mambamim.infer.window_policy import plan_windows, window_count
 
 logger = logging.getLogger(__name__)
@@ -40,7 +52,6 @@ DEVICES = ("auto", "cuda", "cpu")
 # --fast: 1.5x coarser voxels (~3.4x fewer) and less window overlap; the ROI (network input) is unchanged.
 FAST_SPACING_FACTOR = 1.5
 FAST_OVERLAP = 0.25
-DEFAULT_SW_BATCH = {"cpu": 1, "cuda": 4}
 _STAGES = {"preprocess": 4.0, "inference": 90.0, "postprocess": 6.0}
 
 
@@ -58,6 +69,9 @@ class SegmentResult:
     memory_estimate: dict[str, int] = field(default_factory=dict)  # bytes per device, before the run
     windows: dict[str, Any] = field(default_factory=dict)  # policy, roi, overlap, count of the run
     output: Optional[Path] = None
+    probabilities: Optional[np.ndarray] = None  # (classes, Z, Y, X) on the input grid, when kept
+    members: list[str] = field(default_factory=list)  # packages and probability files averaged
+    probability_file: Optional[Path] = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,13 +99,16 @@ def check_channels(card: dict[str, Any], package_path: Union[str, Path]) -> None
 
 def segment_image(
     image: sitk.Image,
-    package: LoadedPackage,
+    package: Union[LoadedPackage, Sequence[LoadedPackage]],
     *,
     device: str = "auto",
     fast: bool = False,
     overlap: Optional[float] = None,
     sw_batch_size: Optional[int] = None,
     keep_largest: bool = False,
+    tta: Optional[bool] = None,
+    saved: Sequence[SavedProbabilities] = (),
+    keep_probabilities: bool = False,
     modality: Optional[str] = None,
     allow_label_map: bool = False,
     allow_other_modality: bool = False,
@@ -101,53 +118,132 @@ def segment_image(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> SegmentResult:
-    """Segment ``image`` with ``package``; see the module docstring.
+    """Segment ``image`` with ``package`` (or an ensemble of packages); see the module docstring.
 
     Before any work, label maps, another modality than the card's and volumes too small to segment are
     refused (:func:`mambamim.infer.input_checks.check_segmentation_input`; ``modality`` declares the
     input's modality, each ``allow_*`` turns one check off). ``source`` names the image in messages.
     ``window_policy``: see :mod:`mambamim.infer.window_policy` (an explicit ``overlap`` overrides the
-    policy's).
+    policy's). ``tta``: mirroring (:mod:`mambamim.infer.tta`; None = the device's default). Several
+    packages and ``saved`` probability files are averaged (:mod:`mambamim.infer.ensemble`); with
+    ``keep_probabilities`` the result carries the averaged probabilities on the input grid.
     """
     t_start = time.perf_counter()
-    card = package.card
-    check_channels(card, package.path)
-    check_segmentation_input(
-        image,
-        source,
-        card,
-        modality=modality,
-        allow_label_map=allow_label_map,
-        allow_other_modality=allow_other_modality,
-        allow_small=allow_small,
+    packages = [package] if isinstance(package, LoadedPackage) else list(package)
+    if not packages and not saved:
+        raise ValueError("no model package given")
+    check_same_labels(
+        [(str(p.path), p.card["labels"]) for p in packages] + [(str(s.path), s.labels) for s in saved]
     )
+    for item in saved:
+        check_probability_grid(item, image, source)
+    for member in packages:
+        check_channels(member.card, member.path)
+        check_segmentation_input(
+            image,
+            source,
+            member.card,
+            modality=modality,
+            allow_label_map=allow_label_map,
+            allow_other_modality=allow_other_modality,
+            allow_small=allow_small,
+        )
     tracker = ProgressTracker(progress, _STAGES)
     notes: list[str] = []
+    sw_device = resolve_device(device)
+    mirrored = use_tta(tta, sw_device.type)
+    timings = {"preprocess": 0.0, "inference": 0.0}
+    predictions: list[ModelGridProbabilities] = []
+    runs: list[dict[str, Any]] = []
+    for index, member in enumerate(packages):
+        prefix = f"[model {index + 1}/{len(packages)}] " if len(packages) > 1 else ""
+
+        def update(stage: str, fraction: float, message: str, index: int = index, prefix: str = prefix):
+            if index > 0 and stage == "preprocess":  # later members: inside the inference stage
+                stage, fraction = "inference", 0.0
+            if stage == "inference":
+                fraction = (index + fraction) / len(packages)
+            # "window i/n" is the message GUIs parse: never prefixed
+            tracker.update(stage, fraction, message if message.startswith("window ") else prefix + message)
+
+        prediction, run = _predict(
+            image, member, sw_device, fast=fast, overlap=overlap, sw_batch_size=sw_batch_size,
+            tta=mirrored, window_policy=window_policy, update=update, notes=notes, cancel=cancel,
+            timings=timings,
+        )  # fmt: skip
+        predictions.append(prediction)
+        runs.append(run)
+
+    t = time.perf_counter()
+    tracker.update("postprocess", 0.0, "probabilities onto the input grid")
+    labels, probabilities = combine(predictions, saved, grid=image, keep_probabilities=keep_probabilities)
+    if keep_largest:
+        from mambamim.infer.postprocess import keep_largest_component
+
+        table = packages[0].card["labels"] if packages else saved[0].labels
+        labels = keep_largest_component(labels, [label["value"] for label in table])
+    label_map = label_image(labels, image)
+    timings["postprocess"] = time.perf_counter() - t
+    tracker.update("postprocess", 1.0, "label map on the input grid")
+    first = runs[0] if runs else {"device": sw_device.type, "model_shape": (), "memory": {}, "windows": {}}
+    windows = dict(first["windows"])
+    if runs:
+        windows["tta_passes"] = MirroredNetwork(torch.nn.Identity()).passes if mirrored else 1
+        windows["models"] = len(packages)
+    return SegmentResult(
+        labels=label_map,
+        seconds=time.perf_counter() - t_start,
+        timings=timings,
+        device=first["device"],
+        model_shape=first["model_shape"],
+        notes=notes,
+        memory_estimate=first["memory"],
+        windows=windows,
+        probabilities=probabilities,
+        members=[str(p.path) for p in packages] + [str(s.path) for s in saved],
+    )
+
+
+def _predict(
+    image: sitk.Image,
+    package: LoadedPackage,
+    sw_device: torch.device,
+    *,
+    fast: bool,
+    overlap: Optional[float],
+    sw_batch_size: Optional[int],
+    tta: bool,
+    window_policy: str,
+    update: Callable[[str, float, str], None],
+    notes: list[str],
+    cancel: Optional[CancelToken],
+    timings: dict[str, float],
+) -> tuple[ModelGridProbabilities, dict[str, Any]]:
+    """One package's softmax probabilities on its model grid, and how the run went."""
+    card = package.card
 
     def note(message: str) -> None:
         notes.append(message)
         logger.warning(message)
-        tracker.update("inference", 0.0, message)
+        update("inference", 0.0, message)
 
     spacing = np.asarray(card["input"]["spacing"], dtype=float)
     run_overlap = float(card["input"]["overlap"])
     if fast:
         spacing = spacing * FAST_SPACING_FACTOR
         run_overlap = min(run_overlap, FAST_OVERLAP)
-    sw_device = resolve_device(device)
-    timings: dict[str, float] = {}
 
-    tracker.update("preprocess", 0.0, f"resampling to {spacing.round(3).tolist()} mm")
+    update("preprocess", 0.0, f"resampling to {spacing.round(3).tolist()} mm")
     t = time.perf_counter()
     array, ref = to_model_space(image, spacing.tolist(), card["input"]["intensity"])
-    timings["preprocess"] = time.perf_counter() - t
-    tracker.update("preprocess", 1.0, f"model grid {list(array.shape)}")
+    timings["preprocess"] += time.perf_counter() - t
+    update("preprocess", 1.0, f"model grid {list(array.shape)}")
     if cancel is not None:
         cancel.raise_if_cancelled()
 
     network = package.model.to(sw_device).eval()
     num_classes = max(label["value"] for label in card["labels"]) + 1
-    batch = int(sw_batch_size or DEFAULT_SW_BATCH[sw_device.type])
+    batch = int(sw_batch_size or default_sw_batch(sw_device.type))
     card_roi = [int(r) for r in card["input"]["roi_size"]]
     per_voxel = activation_bytes_per_voxel(network, 1, card_roi)  # one probe pass, reused below
     plan = plan_windows(
@@ -163,25 +259,26 @@ def segment_image(
     roi = list(plan.roi)
     run_overlap = plan.overlap if overlap is None else float(overlap)
     # not "window ...": that prefix is the per-window progress message that GUIs parse
-    layout = f"sliding {roi} windows at overlap {run_overlap} ({plan.policy}: {plan.reason})"
-    tracker.update("inference", 0.0, layout)
+    mirroring = f", mirroring TTA x{MirroredNetwork(network).passes}" if tta else ""
+    layout = f"sliding {roi} windows at overlap {run_overlap} ({plan.policy}: {plan.reason}){mirroring}"
+    update("inference", 0.0, layout)
     batch, stitch_device, estimate = _plan_memory(
         network, array.shape, roi, num_classes, sw_device, batch, note, per_voxel
     )
     needs = ", ".join(
         f"{format_bytes(estimate.needed_on(d))} on {d}" for d in sorted({sw_device.type, "cpu"})
     )
-    tracker.update("inference", 0.0, f"estimated memory: {needs}; sw_batch_size={batch}")
+    update("inference", 0.0, f"estimated memory: {needs}; sw_batch_size={batch}")
 
     def on_window(done: int, total: int) -> None:
-        tracker.update("inference", done / total, f"window {done}/{total}")
+        update("inference", done / total, f"window {done}/{total}")
 
     t = time.perf_counter()
     volume = torch.from_numpy(array)[None]
     del array
     logits = sliding_window_logits(
         volume,
-        network,
+        MirroredNetwork(network) if tta else network,
         roi,
         run_overlap,
         sw_batch_size=batch,
@@ -191,47 +288,36 @@ def segment_image(
         cancel=cancel,
         notify=note,
     )
-    labels = logits.argmax(0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int32).cpu().numpy()
-    del logits, volume
-    timings["inference"] = time.perf_counter() - t
+    del volume
+    probabilities = torch.softmax(logits, dim=0).cpu().numpy()
+    del logits
+    timings["inference"] += time.perf_counter() - t
     if cancel is not None:
         cancel.raise_if_cancelled()
-
-    t = time.perf_counter()
-    tracker.update("postprocess", 0.0, "post-processing")
-    if keep_largest:
-        from mambamim.infer.postprocess import keep_largest_component  # SciPy, only when asked for
-
-        labels = keep_largest_component(labels, [label["value"] for label in card["labels"]])
-    label_image = from_model_space(labels, ref, is_label=True)
-    timings["postprocess"] = time.perf_counter() - t
-    tracker.update("postprocess", 1.0, "label map on the input grid")
-    return SegmentResult(
-        labels=label_image,
-        seconds=time.perf_counter() - t_start,
-        timings=timings,
-        device=f"{sw_device.type} (stitching on {stitch_device.type})"
+    run = {
+        "device": f"{sw_device.type} (stitching on {stitch_device.type})"
         if stitch_device != sw_device
         else sw_device.type,
-        model_shape=tuple(ref.model_size),
-        notes=notes,
-        memory_estimate={d: estimate.needed_on(d) for d in {estimate.network_device, estimate.stitch_device}},
-        windows={
+        "model_shape": tuple(ref.model_size),
+        "memory": {d: estimate.needed_on(d) for d in {estimate.network_device, estimate.stitch_device}},
+        "windows": {
             "policy": plan.policy,
             "roi": roi,
             "overlap": run_overlap,
             "count": window_count(ref.model_size, roi, run_overlap),
         },
-    )
+    }
+    return ModelGridProbabilities(probabilities, ref), run
 
 
 def segment_file(
     input_path: Union[str, Path],
     output_path: Union[str, Path],
-    model: Union[str, Path, LoadedPackage],
+    model: Models,
     *,
     overwrite: bool = False,
     reference: Union[str, Path, None] = None,
+    save_probabilities: Union[str, Path, bool, None] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     **options: Any,
@@ -239,10 +325,22 @@ def segment_file(
     """Read ``input_path``, segment it, write the label map atomically to ``output_path``.
 
     ``options`` are those of :func:`segment_image`. With ``reference`` (a label map on the input grid)
-    the result carries per-organ Dice / HD95 in ``metrics``. Progress: 5 % reading, 90 % segmenting,
-    5 % writing; nothing is written when cancelled or on error.
+    the result carries per-organ Dice / HD95 in ``metrics``. ``model``: a package, or several packages
+    and ``.npz`` probability files to average (:mod:`mambamim.infer.ensemble`). ``save_probabilities``:
+    a ``.npz`` path, or True for ``<output>.probabilities.npz`` beside the label map
+    (:mod:`mambamim.infer.probabilities`). Progress: 5 % reading, 90 % segmenting, 5 % writing; nothing
+    is written when cancelled or on error.
     """
     output_path = check_output_path(output_path, overwrite)
+    probability_path = None
+    if save_probabilities:
+        probability_path = (
+            default_probability_path(output_path)
+            if save_probabilities is True
+            else check_output_path(save_probabilities, overwrite)
+        )
+        if probability_path.exists() and not overwrite:
+            raise FileExistsError(f"output {probability_path} already exists; pass --overwrite to replace it")
     t_start = time.perf_counter()
     emit = progress or (lambda event: None)
     emit(ProgressEvent("load", 0.0, None, f"reading {input_path}"))
@@ -250,15 +348,17 @@ def segment_file(
     image = read_image(input_path)
     read_s = time.perf_counter() - t
     t = time.perf_counter()
-    package = model if isinstance(model, LoadedPackage) else load_package(model)
+    packages, saved = load_members(model)
     load_s = time.perf_counter() - t
+    labels_table = packages[0].card["labels"] if packages else saved[0].labels
     reference_image = None
     if reference is not None:
         from mambamim.infer.evaluate import check_same_grid
 
         reference_image = read_image(reference, allow_constant=True)
         check_same_grid(image, reference_image, where=f"input {input_path}")
-    emit(ProgressEvent("load", 0.05, None, f"model {package.card['name']} {package.card['version']}"))
+    names = [f"{p.card['name']} {p.card['version']}" for p in packages] + [s.path.name for s in saved]
+    emit(ProgressEvent("load", 0.05, None, f"model {', '.join(names)}"))
     if cancel is not None:
         cancel.raise_if_cancelled()
 
@@ -266,13 +366,20 @@ def segment_file(
         emit(ProgressEvent(event.stage, 0.05 + 0.9 * event.fraction, event.eta_s, event.message))
 
     options.setdefault("source", str(input_path))
-    result = segment_image(image, package, progress=inner, cancel=cancel, **options)
+    result = segment_image(
+        image, packages, saved=saved, keep_probabilities=probability_path is not None, progress=inner,
+        cancel=cancel, **options,
+    )  # fmt: skip
     if cancel is not None:
         cancel.raise_if_cancelled()
     check_output_path(output_path, overwrite)  # again: the folder may have changed during the run
     emit(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
     t = time.perf_counter()
     result.output = write_image(result.labels, output_path, overwrite=overwrite)
+    if probability_path is not None:
+        result.probability_file = save_probabilities_file(
+            probability_path, result.probabilities, labels_table, image, result.members, overwrite
+        )
     result.timings = {
         "read": read_s,
         "load_model": load_s,
@@ -283,7 +390,7 @@ def segment_file(
         from mambamim.infer.evaluate import compare_label_maps
 
         result.metrics = compare_label_maps(
-            result.labels, reference_image, package.card["labels"], hd95=False
+            result.labels, reference_image, labels_table, hd95=False
         )
     result.seconds = time.perf_counter() - t_start
     return result
