@@ -59,28 +59,39 @@ class Load:
                 worker.terminate()
 
 
-def measure(package, image, batch: int, threads: int, repeats: int) -> dict:
+def run_once(package, image, batch: int, threads: int) -> tuple[float, float, int]:
+    """(wall s, inference s, windows) of one CPU segmentation with ``batch`` windows and ``threads``."""
     import torch
     from mambamim.infer.segment import segment_image
 
     torch.set_num_threads(threads)
-    walls, inference = [], []
-    result = None
+    t = time.perf_counter()
+    result = segment_image(image, package, device="cpu", sw_batch_size=batch, window_policy="card", tta=False)
+    return time.perf_counter() - t, result.timings["inference"], result.windows["count"]
+
+
+def measure_condition(package, image, settings: list[tuple[int, int]], repeats: int, load: int) -> list[dict]:
+    """Every setting ``repeats`` times, round-robin, so that drifting load hits all settings alike."""
+    walls: dict = {s: [] for s in settings}
+    inference: dict = {s: [] for s in settings}
+    windows = 0
     for _ in range(repeats):
-        t = time.perf_counter()
-        result = segment_image(
-            image, package, device="cpu", sw_batch_size=batch, window_policy="card", tta=False
-        )
-        walls.append(time.perf_counter() - t)
-        inference.append(result.timings["inference"])
-    return {
-        "batch": batch,
-        "threads": threads,
-        "wall_s": [round(w, 2) for w in walls],
-        "median_wall_s": round(statistics.median(walls), 2),
-        "median_inference_s": round(statistics.median(inference), 2),
-        "windows": result.windows["count"],
-    }
+        for threads, batch in settings:
+            wall, infer_s, windows = run_once(package, image, batch, threads)
+            walls[(threads, batch)].append(wall)
+            inference[(threads, batch)].append(infer_s)
+            print(f"load {load} threads {threads} batch {batch}: {wall:.1f} s", file=sys.stderr, flush=True)
+    return [
+        {
+            "threads": threads,
+            "batch": batch,
+            "wall_s": [round(w, 2) for w in walls[(threads, batch)]],
+            "median_wall_s": round(statistics.median(walls[(threads, batch)]), 2),
+            "median_inference_s": round(statistics.median(inference[(threads, batch)]), 2),
+            "windows": windows,
+        }
+        for threads, batch in settings
+    ]
 
 
 def main() -> int:
@@ -115,15 +126,9 @@ def main() -> int:
     conditions = []
     for load in [int(v) for v in args.load.split(",")]:
         load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        rows = []
         with Load(load):
-            for n in threads:
-                for batch in args.batches:
-                    row = measure(package, image, batch, n, args.repeats)
-                    rows.append(row)
-                    wall, inference = row["median_wall_s"], row["median_inference_s"]
-                    setting = f"load {load} threads {n} batch {batch}"
-                    print(f"{setting}: {wall:.1f} s (inference {inference:.1f} s)", file=sys.stderr)
+            settings = [(n, batch) for n in threads for batch in args.batches]
+            rows = measure_condition(package, image, settings, args.repeats, load)
         best = min(r["median_wall_s"] for r in rows)
         for r in rows:
             r["slowdown_vs_best"] = round(r["median_wall_s"] / best, 2)

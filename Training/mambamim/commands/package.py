@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mambamim.commands.aliases import ThreeValues, legacy_intensity, roi_size
+from mambamim.engine.cli_args import spacing
+
 HELP = "build a model package (weights.safetensors + model.json) from a fine-tuning checkpoint or nnU-Net"
 
 
@@ -31,27 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default="1.0.0", help="package version")
     parser.add_argument("--modality", choices=("CT", "MR"), default=None, help="default: checkpoint, else CT")
     parser.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("X", "Y", "Z"),
-        help="target spacing in mm (default: checkpoint, else 1.5 1.5 1.5)",
-    )
+        "--spacing", action=ThreeValues, convert=spacing, default=None, metavar="MM",
+        help="target spacing in mm: 1.5 or 1.5,1.5,2 (default: checkpoint, else 1.5)",
+    )  # fmt: skip
     parser.add_argument(
-        "--intensity",
-        default=None,
-        help='intensity spec as JSON, e.g. \'{"type": "window", "lower": -175, "upper": 250}\', '
-        "or 'ct' / 'mr' (default: checkpoint, else by modality)",
-    )
+        "--intensity", type=legacy_intensity, default=None,
+        help="ct, zscore, window:LOWER:UPPER or clip_zscore:LOWER:UPPER:MEAN:STD "
+        "(default: checkpoint, else ct for CT and zscore for MR)",
+    )  # fmt: skip
     parser.add_argument(
-        "--roi-size",
-        type=int,
-        nargs=3,
-        default=None,
-        metavar=("X", "Y", "Z"),
-        help="sliding-window ROI (default: checkpoint crop size, else 96 96 96)",
-    )
+        "--roi-size", action=ThreeValues, convert=roi_size, default=None, metavar="VOXELS",
+        help="sliding-window ROI: 96 or 96,96,64 (default: checkpoint crop size, else 96)",
+    )  # fmt: skip
     parser.add_argument(
         "--overlap",
         type=float,
@@ -132,12 +126,8 @@ def _build(args: argparse.Namespace) -> Path:
     if not labels:
         raise ValueError(f"checkpoint {args.checkpoint} has no label table; pass --labels")
     modality = args.modality or training.get("modality", "CT")
-    if args.intensity in ("ct", "mr"):
-        intensity = dict(CT_WINDOW if args.intensity == "ct" else MR_ZSCORE)
-    elif args.intensity is not None:
-        intensity = json_arg(args.intensity, "--intensity")
-    else:
-        intensity = training.get("intensity") or dict(CT_WINDOW if modality == "CT" else MR_ZSCORE)
+    default_intensity = dict(CT_WINDOW if modality == "CT" else MR_ZSCORE)
+    intensity = args.intensity or training.get("intensity") or default_intensity
     roi = args.roi_size or training.get("roi_size") or int(training.get("roi", 96))
     if isinstance(roi, int):
         roi = [roi] * 3

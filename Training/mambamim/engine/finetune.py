@@ -33,7 +33,7 @@ from mambamim.engine.distributed import (
 )
 from mambamim.engine.loop import LoopState, TrainingLoop
 from mambamim.engine.monitor import TrainingMonitor
-from mambamim.engine.schedule import build_optimizer, build_scheduler, frozen_until, warmup_cosine
+from mambamim.engine.schedule import GroupWarmupCosine, build_optimizer
 from mambamim.engine.setup import (
     apply_preset,
     check_checkpoint_every,
@@ -321,18 +321,12 @@ def run_finetune(
         batch_volumes = config.batch // config.num_samples
         steps_per_epoch = math.ceil(sampler.per_rank / batch_volumes)
         total_steps = steps_per_epoch * config.epochs
-        schedule = warmup_cosine(
-            round(config.warmup_epochs * steps_per_epoch), total_steps, config.min_lr_factor
-        )
         freeze = config.freeze_encoder_epochs > 0
         optimizer = build_optimizer(_param_groups(model, freeze), config.lr, config.weight_decay)
-        factors = {"all": schedule}
-        if freeze:
-            factors = {
-                "encoder": frozen_until(config.freeze_encoder_epochs * steps_per_epoch, schedule),
-                "rest": schedule,
-            }
-        scheduler = build_scheduler(optimizer, factors)
+        scheduler = GroupWarmupCosine(
+            optimizer, round(config.warmup_epochs * steps_per_epoch), total_steps, config.min_lr_factor,
+            frozen={"encoder": config.freeze_encoder_epochs * steps_per_epoch} if freeze else {},
+        )  # fmt: skip
         state = LoopState(extra={"best_dice": None, "best_epoch": None, "metrics": {}})
         if payload is not None:
             optimizer.load_state_dict(payload["optimizer"])
