@@ -109,7 +109,7 @@ class FinetuneConfig:
         if self.epochs < 1 or self.lr <= 0 or self.val_every < 1:
             raise ValueError("--epochs and --val-every must be >= 1 and --lr > 0")
         if self.roi < 1 or len(self.spacing) != 3 or min(self.spacing) <= 0:
-            raise ValueError(f"bad --crop-size {self.roi} or --spacing {self.spacing}")
+            raise ValueError(f"bad --roi-size {self.roi} or --spacing {self.spacing}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
         if self.modality not in ("CT", "MR"):

@@ -106,7 +106,7 @@ class PretrainConfig:
             raise ValueError(f"--epochs must be >= 1 and --lr > 0, got {self.epochs} and {self.lr}")
         if self.roi < 16 or self.roi % 16:
             raise ValueError(
-                f"--crop-size must be a positive multiple of 16 (the encoder's stride), got {self.roi}"
+                f"--roi-size must be a positive multiple of 16 (the encoder's stride), got {self.roi}"
             )
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise ValueError(f"--spacing must be 3 positive numbers (mm), got {self.spacing}")

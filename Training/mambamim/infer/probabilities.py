@@ -26,6 +26,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
+from mambamim.infer.io import check_writable
 from mambamim.infer.preprocess import ModelSpaceRef
 from mambamim.safe_write import safe_write
 
@@ -132,6 +133,17 @@ def default_probability_path(label_path: Union[str, Path]) -> Path:
     return path.with_name(f"{name}.probabilities{PROBABILITY_SUFFIX}")
 
 
+def check_probability_path(path: Union[str, Path], overwrite: bool = False) -> Path:
+    """Fail early (before any work) on a name not ending in .npz, an existing file or an unwritable folder."""
+    path = Path(path)
+    if path.suffix.lower() != PROBABILITY_SUFFIX or path.is_dir():
+        raise ValueError(f"probability output {path}: give a file name ending in {PROBABILITY_SUFFIX}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
+    check_writable(path)
+    return path
+
+
 def save_probabilities(
     path: Union[str, Path],
     probabilities: np.ndarray,
@@ -141,11 +153,7 @@ def save_probabilities(
     overwrite: bool = False,
 ) -> Path:
     """Write the probability file described in the module docstring (atomically)."""
-    path = Path(path)
-    if path.suffix.lower() != PROBABILITY_SUFFIX:
-        raise ValueError(f"probability file {path}: must end in {PROBABILITY_SUFFIX}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    path = check_probability_path(path, overwrite)
     if probabilities.shape[1:] != tuple(reversed(grid.GetSize())):
         raise ValueError(f"probabilities {probabilities.shape} do not match the grid {grid.GetSize()}")
     with safe_write(path) as tmp:

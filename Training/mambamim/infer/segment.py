@@ -35,6 +35,7 @@ from mambamim.infer.preprocess import to_model_space
 from mambamim.infer.probabilities import (
     ModelGridProbabilities,
     SavedProbabilities,
+    check_probability_path,
     combine,
     default_probability_path,
     label_image,
@@ -334,13 +335,10 @@ def segment_file(
     output_path = check_output_path(output_path, overwrite)
     probability_path = None
     if save_probabilities:
-        probability_path = (
-            default_probability_path(output_path)
-            if save_probabilities is True
-            else check_output_path(save_probabilities, overwrite)
+        probability_path = check_probability_path(
+            default_probability_path(output_path) if save_probabilities is True else save_probabilities,
+            overwrite,
         )
-        if probability_path.exists() and not overwrite:
-            raise FileExistsError(f"output {probability_path} already exists; pass --overwrite to replace it")
     t_start = time.perf_counter()
     emit = progress or (lambda event: None)
     emit(ProgressEvent("load", 0.0, None, f"reading {input_path}"))
