@@ -60,24 +60,28 @@ class Load:
 
 
 def run_once(package, image, batch: int, threads: int) -> tuple[float, float, int]:
-    """(wall s, inference s, windows) of one CPU segmentation with ``batch`` windows and ``threads``."""
+    """(wall s, inference s, threads used) of one CPU segmentation with ``batch`` windows and ``threads``
+    (0: the engine's automatic choice, :func:`mambamim.infer.defaults.auto_threads`)."""
     import torch
+    from mambamim.infer.defaults import auto_threads
     from mambamim.infer.segment import segment_image
 
-    torch.set_num_threads(threads)
     t = time.perf_counter()
+    used = threads or auto_threads()  # the automatic choice is part of the timed run, as in `segment`
+    torch.set_num_threads(used)
     result = segment_image(image, package, device="cpu", sw_batch_size=batch, window_policy="card", tta=False)
-    return time.perf_counter() - t, result.timings["inference"], result.windows["count"]
+    return time.perf_counter() - t, result.timings["inference"], used
 
 
 def measure_condition(package, image, settings: list[tuple[int, int]], repeats: int, load: int) -> list[dict]:
     """Every setting ``repeats`` times, round-robin, so that drifting load hits all settings alike."""
     walls: dict = {s: [] for s in settings}
     inference: dict = {s: [] for s in settings}
-    windows = 0
+    used: dict = {s: [] for s in settings}
     for _ in range(repeats):
         for threads, batch in settings:
-            wall, infer_s, windows = run_once(package, image, batch, threads)
+            wall, infer_s, n = run_once(package, image, batch, threads)
+            used[(threads, batch)].append(n)
             walls[(threads, batch)].append(wall)
             inference[(threads, batch)].append(infer_s)
             print(f"load {load} threads {threads} batch {batch}: {wall:.1f} s", file=sys.stderr, flush=True)
@@ -88,7 +92,7 @@ def measure_condition(package, image, settings: list[tuple[int, int]], repeats: 
             "wall_s": [round(w, 2) for w in walls[(threads, batch)]],
             "median_wall_s": round(statistics.median(walls[(threads, batch)]), 2),
             "median_inference_s": round(statistics.median(inference[(threads, batch)]), 2),
-            "windows": windows,
+            "threads_used": used[(threads, batch)],
         }
         for threads, batch in settings
     ]
@@ -101,7 +105,8 @@ def main() -> int:
     parser.add_argument("--spacing", type=float, default=None, help="replace the card's spacing (mm)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="torch thread counts (default: 1 and the machine's cores)")  # fmt: skip
+                        help="torch thread counts; 0 = the engine's automatic choice "
+                        "(default: 1, the machine's cores and 0)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting (median reported)")
     parser.add_argument("--load", default="0", help="busy processes during the run; a list measures each")
     parser.add_argument("--label", default="", help="free text stored in the JSON (e.g. 'quiet', 'busy')")
@@ -116,7 +121,7 @@ def main() -> int:
     from mambamim.infer.package import LoadedPackage, load_package
 
     cores = os.cpu_count() or 1
-    threads = args.threads or sorted({1, torch.get_num_threads()})
+    threads = args.threads or [*sorted({1, torch.get_num_threads()}), 0]
     loaded = load_package(args.model)
     card = copy.deepcopy(loaded.card)
     if args.spacing:

@@ -23,12 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mask-ratio", type=float, default=0.75, help="fraction of tokens masked (default 0.75)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masks (default 0)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default="auto",
+        help="auto: CUDA when available, else the CPU",
+    )
     parser.add_argument(
         "--batch", type=int, default=None,
         help="crops per forward pass (default: as many voxels as four 96³ crops, at most 64 crops)",
     )  # fmt: skip
-    parser.add_argument("--progress", choices=("json", "bar", "none"), default="bar")
+    parser.add_argument(
+        "--progress", choices=("json", "bar", "none"), default="bar",
+        help="json: one JSON line per update (for GUIs); bar: a progress bar; none: quiet",
+    )
     parser.add_argument("--format", choices=("nrrd", "nii.gz"), default="nii.gz", help="volume file format")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 

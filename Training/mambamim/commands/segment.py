@@ -35,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="label map file (.nii.gz, .nii, .nrrd); in batch mode an output folder",
     )
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default="auto",
+        help="auto: CUDA when available, else the CPU",
+    )
     parser.add_argument(
         "--fast",
         action="store_true",
@@ -53,9 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sw-batch-size", type=int, default=None,
-        help="windows per forward pass (default: 4 on CPU and GPU, measured: see mambamim.infer.defaults)",
+        help="windows per forward pass (default: 2 on a CPU, 4 on a GPU, from measurements)",
     )  # fmt: skip
     add_alias(parser, "--sw-batch", "--sw-batch-size", "sw_batch_size", int)
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="CPU threads (default: the cores other programs leave free, unless OMP_NUM_THREADS is set; "
+        "more threads than free cores slow a shared machine down several times)",
+    )  # fmt: skip
     parser.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default=None,
         help="mirroring test-time augmentation as nnU-Net: 8 mirrored passes per window, so 8x the inference "
@@ -91,7 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-small", action="store_true",
         help="segment a volume spanning less than 30 mm along some axis",
     )  # fmt: skip
-    parser.add_argument("--progress", choices=("json", "bar", "none"), default="bar")
+    parser.add_argument(
+        "--progress", choices=("json", "bar", "none"), default="bar",
+        help="json: one JSON line per update (for GUIs); bar: a progress bar; none: quiet",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
         "--reference",
@@ -117,12 +128,22 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def _cpu_threads(args: argparse.Namespace) -> None:
+    """Thread count for a CPU run (see mambamim.infer.defaults); a GPU run is left alone."""
+    from mambamim.infer.defaults import apply_cpu_threads
+    from mambamim.infer.segment import resolve_device
+
+    if resolve_device(args.device).type == "cpu":
+        apply_cpu_threads(args.threads)
+
+
 def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> dict[str, str]:
     from mambamim.infer.batch import segment_folder
     from mambamim.infer.evaluate import format_dice_table
     from mambamim.infer.io import is_dicom_folder
 
     model = args.model or [DEMO_PACKAGE]
+    _cpu_threads(args)
     if args.model is None and not DEMO_PACKAGE.exists():
         raise FileNotFoundError(
             f"--model was not given and the built-in demo package {DEMO_PACKAGE} is missing"

@@ -70,7 +70,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ..
         "settings are used (only --workers and --device may change)",
     )  # fmt: skip
     run.add_argument("--overwrite", action="store_true", help="start over in an output folder holding a run")
-    run.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    run.add_argument(
+        "--device", default="auto", choices=("auto", "cuda", "cpu"),
+        help="auto: CUDA when available, else the CPU",
+    )
     run.add_argument("--workers", type=int, help="data-loading worker processes")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs are still written)")
     run.add_argument(
@@ -83,9 +86,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ..
     train.add_argument("--roi-size", dest="roi", type=int, help="edge of the cubic training crops (voxels)")
     train.add_argument("--num-samples", type=int, help="random crops per volume")
     train.add_argument("--batch", type=int, help="crops per optimiser step and process")
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--epochs", type=int, help="passes over the training data")
     train.add_argument("--lr", type=float, help="peak AdamW learning rate")
-    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay")
     train.add_argument("--warmup-epochs", type=float, help="linear warm-up before the cosine decay")
     train.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
     train.add_argument("--spacing", type=spacing, help="target voxel size in mm: 1.5 or 1.5,1.5,2")
@@ -93,7 +96,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ..
         "--intensity", type=intensity_spec,
         help="ct (the default), zscore, window:LOW:UP or clip_zscore:LOW:UP:MEAN:STD",
     )  # fmt: skip
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=int, help="seed of every random choice (crops, masks, split)")
     train.add_argument(
         "--no-amp", dest="amp", action="store_const", const=False, help="no bf16 autocast on CUDA"
     )

@@ -1,22 +1,62 @@
-"""Default window batch per device, chosen from measurements (Testing/benchmarks/bench_cpu_defaults.py).
+"""CPU defaults of `segment`, chosen from measurements (Testing/benchmarks/bench_cpu_defaults.py).
 
-CPU: ``sw_batch_size`` 4. The issue's quiet-machine figures for the demo package on the sample CT were
-31 s (batch 1) against 64 s (batch 8), but 95 s against 67 s in a second run on the same shared machine:
-batch 1 is fastest only when every core is free. Our own figures (taken while the machine was shared;
-the benchmark's JSON in Testing/benchmarks/results) put batch 2-4 within a few per cent of the best in
-both conditions, while batch 1 lost badly when the cores were busy and batch 8 lost when they were free
-(bigger activations spill the caches). A batch of 4 windows also bounds the extra memory to four
-windows' activations. GPU: 4, unchanged (windows per launch amortise kernel start-up).
+The issue's figures for the demo package on the sample CT (3 mm, 27 windows of 64³): 31 s at window
+batch 1 against 64 s at batch 8 with the cores free, but 95 s against 67 s, and 366 s against 76 s for
+a tiny model, when the machine was shared. Our figures, measured while the 2-core machine was shared
+with two training runs and other jobs (JSON in Testing/benchmarks/results/cpu_defaults_busy.json):
 
-Threads: torch's default (one per physical core) is kept; a smaller thread count never won by more
-than the noise in the measurements, and under contention the larger batch is what keeps the cores fed.
+- threads: with 2 threads every setting took 210-330 s; with 1 thread 18-32 s. When other processes
+  hold the cores, each of torch's worker threads waits for the slowest at every operator's barrier,
+  so one thread per *free* core, not per core, is what matters (the "likely cause" the issue names);
+- window batch, at 1 thread: 1 -> 19-32 s (fragile), 2 -> 18-19 s, 4 -> 18-22 s, 8 -> 22-23 s; with
+  the cores free, larger batches lose (batch 8 took twice batch 1's time in the issue's run).
+
+So the CPU default batch is 2 (never far from the best in either condition) and the thread count is
+the number of cores not already busy, sampled for a quarter of a second before the run (at least 1,
+at most the physical cores); ``OMP_NUM_THREADS`` or ``--threads`` set by the user win. GPU: 4 windows
+per launch, unchanged.
 """
 
 from __future__ import annotations
 
-DEFAULT_SW_BATCH = {"cpu": 4, "cuda": 4}
+import math
+import os
+from typing import Optional
+
+DEFAULT_SW_BATCH = {"cpu": 2, "cuda": 4}
+LOAD_SAMPLE_S = 0.25
 
 
 def default_sw_batch(device_type: str) -> int:
     """Windows per forward pass when ``--sw-batch-size`` is not given."""
     return DEFAULT_SW_BATCH.get(device_type, 1)
+
+
+def free_cores(sample_s: float = LOAD_SAMPLE_S) -> float:
+    """Cores (logical) not used by other processes, from the system-wide CPU use over ``sample_s``."""
+    import psutil
+
+    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
+    busy = psutil.cpu_percent(interval=sample_s) / 100.0 * logical
+    return max(logical - busy, 0.0)
+
+
+def auto_threads(physical: Optional[int] = None, free: Optional[float] = None) -> int:
+    """Torch CPU threads: the free cores (rounded), at least 1, at most the physical cores."""
+    import psutil
+
+    cores = physical or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    free = free_cores() if free is None else free
+    return int(min(cores, max(1, math.floor(free + 0.5))))
+
+
+def apply_cpu_threads(requested: Optional[int]) -> Optional[int]:
+    """Set torch's CPU threads: ``requested`` if given, else :func:`auto_threads` unless ``OMP_NUM_THREADS``
+    is set (the user's choice). Returns the count set, or None when left alone."""
+    import torch
+
+    if requested is None and os.environ.get("OMP_NUM_THREADS"):
+        return None
+    threads = int(requested) if requested else auto_threads()
+    torch.set_num_threads(threads)
+    return threads
