@@ -140,7 +140,7 @@ def test_epoch_sampler_shards_and_resumes():
 
 def test_training_arrays_match_inference_model_space(sample_ct):
     """Training (MONAI) and ``mambamim segment`` (SimpleITK) put the same voxel at the same index."""
-    from mambamim.data.transforms import LoadScand, ApplyIntensitySpecd
+    from mambamim.data.transforms import ApplyIntensitySpecd, LoadScand
     from mambamim.infer.io import read_image
     from mambamim.infer.preprocess import to_model_space
     from monai.transforms import Compose, Orientationd, Spacingd
