@@ -1,4 +1,6 @@
-"""Segment one volume with a model package: preprocess as the card says, sliding window, map back.
+"""Segment one volume with a model package (or an ensemble): preprocess as the card says, sliding
+window (optionally mirrored, :mod:`mambamim.infer.tta`), softmax, probabilities back onto the input grid
+and their argmax (:mod:`mambamim.infer.probabilities`).
 
 ``segment_image`` works on ``SimpleITK`` images in memory (what the Slicer logic and tests use);
 ``segment_file`` adds reading, the output-path checks, atomic writing and an optional comparison with
@@ -44,7 +46,7 @@ from mambamim.infer.probabilities import check_same_grid as check_probability_gr
 from mambamim.infer.probabilities import save_probabilities as save_probabilities_file
 from mambamim.infer.progress import CancelToken, ProgressCallback, ProgressEvent, ProgressTracker
 from mambamim.infer.sliding_window import sliding_window_logits
-from mambamim.infer.tta import MirroredNetwork, use_tta
+from mambamim.infer.tta import MirroredNetwork, mirror_combinations, use_tta
 from mambamim.infer.window_policy import plan_windows, window_count
 
 logger = logging.getLogger(__name__)
@@ -189,7 +191,7 @@ def segment_image(
     first = runs[0] if runs else {"device": sw_device.type, "model_shape": (), "memory": {}, "windows": {}}
     windows = dict(first["windows"])
     if runs:
-        windows["tta_passes"] = MirroredNetwork(torch.nn.Identity()).passes if mirrored else 1
+        windows["tta_passes"] = len(mirror_combinations()) if mirrored else 1
         windows["models"] = len(packages)
     return SegmentResult(
         labels=label_map,
@@ -260,7 +262,7 @@ def _predict(
     roi = list(plan.roi)
     run_overlap = plan.overlap if overlap is None else float(overlap)
     # not "window ...": that prefix is the per-window progress message that GUIs parse
-    mirroring = f", mirroring TTA x{MirroredNetwork(network).passes}" if tta else ""
+    mirroring = f", mirroring TTA x{len(mirror_combinations())}" if tta else ""
     layout = f"sliding {roi} windows at overlap {run_overlap} ({plan.policy}: {plan.reason}){mirroring}"
     update("inference", 0.0, layout)
     batch, stitch_device, estimate = _plan_memory(
