@@ -2,19 +2,21 @@
 
 The issue's figures for the demo package on the sample CT (3 mm, 27 windows of 64³): 31 s at window
 batch 1 against 64 s at batch 8 with the cores free, but 95 s against 67 s, and 366 s against 76 s for
-a tiny model, when the machine was shared. Our figures, measured while the 2-core machine was shared
-with two training runs and other jobs (JSON in Testing/benchmarks/results/cpu_defaults_busy.json):
+a tiny model, when the machine was shared. Our figures were measured while the 2-core machine was
+shared with two training runs and other jobs (load average 6.5; median of 2, round-robin; JSON in
+Testing/benchmarks/results/cpu_defaults_busy.json):
 
-- threads: with 2 threads every setting took 210-330 s; with 1 thread 18-32 s. When other processes
+- threads: with 2 threads every batch took 215-340 s; with 1 thread 19-25 s. When other processes
   hold the cores, each of torch's worker threads waits for the slowest at every operator's barrier,
   so one thread per *free* core, not per core, is what matters (the "likely cause" the issue names);
-- window batch, at 1 thread: 1 -> 19-32 s (fragile), 2 -> 18-19 s, 4 -> 18-22 s, 8 -> 22-23 s; with
-  the cores free, larger batches lose (batch 8 took twice batch 1's time in the issue's run).
+- window batch, at 1 thread: 1 -> 25 s (19-32 s: fragile), 2 -> 18.7 s, 4 -> 20.4 s, 8 -> 22.6 s;
+  with the cores free, larger batches lose (batch 8 took twice batch 1's time in the issue's run).
 
-So the CPU default batch is 2 (never far from the best in either condition) and the thread count is
-the number of cores not already busy, sampled for a quarter of a second before the run (at least 1,
-at most the physical cores); ``OMP_NUM_THREADS`` or ``--threads`` set by the user win. GPU: 4 windows
-per launch, unchanged.
+So the CPU default batch is 2 (best here and next to batch 1 on a free machine) and the thread count
+is the number of cores not already busy, sampled for a quarter of a second before the run (at least 1,
+at most the physical cores); ``OMP_NUM_THREADS`` or ``--threads`` set by the user win. The quiet-machine
+half of the comparison is for the benchmark's ``--load 0,N`` run on an idle machine. GPU: 4 windows per
+launch, unchanged.
 """
 
 from __future__ import annotations
