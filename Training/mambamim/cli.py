@@ -13,15 +13,7 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS = (
-    "info",
-    "pretrain",
-    "finetune",
-    "evaluate",
-    "package",
-    "segment",
-    "reconstruct",
-    "convert",
-    "web",
+    "info", "pretrain", "finetune", "evaluate", "package", "segment", "reconstruct", "convert", "web",
 )
 
 
@@ -35,13 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"mambamim.commands.{name}")
-        command_parser = sub.add_parser(
-            name,
-            help=module.HELP,
-            description=module.HELP,
-            epilog=epilog(name),
-            formatter_class=HelpFormatter,
-        )
+        # every --help shows the defaults and one example (issue 13 §4)
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP, epilog=epilog(name),
+                                        formatter_class=HelpFormatter)  # fmt: skip
         module.add_arguments(command_parser)
         command_parser.set_defaults(_run=module.run)
     return parser
