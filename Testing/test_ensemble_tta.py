@@ -67,7 +67,7 @@ def test_tta_leaves_a_voxelwise_network_unchanged_and_reports_passes(small_ct, t
     image, package = read_image(small_ct), load_package(threshold_pkg)
     plain = segment_image(image, package, device="cpu", tta=False)
     mirrored = segment_image(image, package, device="cpu", tta=True)
-    assert plain.windows["tta_passes"] == 1 and mirrored.windows["tta_passes"] == 8
+    assert plain.tta_passes == 1 and mirrored.tta_passes == 8
     np.testing.assert_array_equal(
         sitk.GetArrayFromImage(plain.labels), sitk.GetArrayFromImage(mirrored.labels)
     )
@@ -128,7 +128,7 @@ def test_ensemble_of_identical_packages_equals_one_and_saved_file_reproduces_it(
     assert saved.grid.GetSize() == read_image(small_ct).GetSize()
 
     pair = segment_file(small_ct, tmp_path / "two.nii.gz", [threshold_pkg, threshold_pkg], device="cpu")
-    assert pair.windows["models"] == 2 and len(pair.members) == 2
+    assert len(pair.members) == 2
     from_file = segment_file(small_ct, tmp_path / "file.nii.gz", [single.probability_file], device="cpu")
     mixed = segment_file(
         small_ct, tmp_path / "mixed.nii.gz", [threshold_pkg, single.probability_file], device="cpu"

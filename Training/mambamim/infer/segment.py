@@ -74,6 +74,7 @@ class SegmentResult:
     output: Optional[Path] = None
     probabilities: Optional[np.ndarray] = None  # (classes, Z, Y, X) on the input grid, when kept
     members: list[str] = field(default_factory=list)  # packages and probability files averaged
+    tta_passes: int = 1  # network passes per window (8 with mirroring)
     probability_file: Optional[Path] = None
 
 
@@ -189,10 +190,6 @@ def segment_image(
     timings["postprocess"] = time.perf_counter() - t
     tracker.update("postprocess", 1.0, "label map on the input grid")
     first = runs[0] if runs else {"device": sw_device.type, "model_shape": (), "memory": {}, "windows": {}}
-    windows = dict(first["windows"])
-    if runs:
-        windows["tta_passes"] = len(mirror_combinations()) if mirrored else 1
-        windows["models"] = len(packages)
     return SegmentResult(
         labels=label_map,
         seconds=time.perf_counter() - t_start,
@@ -201,7 +198,8 @@ def segment_image(
         model_shape=first["model_shape"],
         notes=notes,
         memory_estimate=first["memory"],
-        windows=windows,
+        windows=first["windows"],
+        tta_passes=len(mirror_combinations()) if mirrored and runs else 1,
         probabilities=probabilities,
         members=[str(p.path) for p in packages] + [str(s.path) for s in saved],
     )
