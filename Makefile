@@ -14,7 +14,7 @@ VENV312 ?= .venv312
 # Mesa's software driver; installed when missing (Debian packages, as root).
 EGL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
 
-.PHONY: venv venv312 egl demo test test312 lint bench clean web-venv web test-web chromium gpu-wheels gpu-check triton-site
+.PHONY: venv venv312 egl demo test test-fast test312 lint bench clean web-venv web test-web chromium gpu-wheels gpu-check triton-site
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,7 +62,7 @@ egl:
 			echo "EGL/Mesa packages missing ($(EGL_PACKAGES)): the rendering tests will be skipped"; \
 		fi; }
 
-# Triton for the interpreter test's child process only (Testing/test_selective_scan_triton.py): installed in
+# Triton for the interpreter test's child process only (Testing/ops/test_selective_scan_triton.py): installed in
 # the test venv, torch would import it in every process, and its LLVM crashes beside Mesa's (rendering tests).
 TRITON_SITE ?= .triton-site
 triton-site: venv
@@ -74,6 +74,10 @@ test: venv lint egl triton-site
 	MAMBAMIM_TRITON_SITE=$(abspath $(TRITON_SITE)) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 	$(MAKE) test312
 	$(MAKE) test-web
+
+# The inner loop: the main environment's tests without those marked slow (over 10 s each).
+test-fast: venv triton-site
+	MAMBAMIM_TRITON_SITE=$(abspath $(TRITON_SITE)) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -m "not slow"
 
 # The browser front end lives in its own environment: trame-slicer 2 pins slicer-core 5.11 and vtk 9.6,
 # while the test environment above tests the Slicer library on the newest slicer-core.
@@ -109,7 +113,8 @@ lint: venv
 # report folder. The wheels are the versions of this venv, for the GPU machine's Python (GPU_PYTHON);
 # numpy and scipy come with CUDA PyTorch images (add them to GPU_WHEELS if not). About 60 MB.
 GPU_PYTHON ?= 3.12
-GPU_WHEELS ?= monai einops safetensors psutil tqdm nibabel pydicom SimpleITK packaging
+GPU_WHEELS ?= monai einops safetensors psutil tqdm nibabel pydicom SimpleITK packaging \
+	jsonschema jsonschema-specifications referencing rpds-py attrs typing-extensions
 GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
 gpu-wheels: venv
 	rm -rf .whl/wheels .whl/site && mkdir -p .whl/wheels .whl/sample

@@ -7,7 +7,7 @@ Supported: Slicer 5.10 and newer (Python 3.12). On an older Slicer the module sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import qt
 import slicer
@@ -16,6 +16,7 @@ from MambaMIMSegmenterLib import compatibility, dependencies, diagnostics
 from MambaMIMSegmenterLib import logic as libLogic
 from MambaMIMSegmenterLib.progress import formatSeconds
 from MambaMIMSegmenterLib.registry import ModelRegistry
+from MambaMIMSegmenterLib.resources import resourcePath
 from MambaMIMSegmenterLib.results import showSegmentation3D, showVolumeInSliceViews
 from MambaMIMSegmenterLib.runner import EngineCancelled, engineEnvironment
 from MambaMIMSegmenterLib.tasks import TaskBusy, TaskSlot
@@ -68,14 +69,14 @@ class MambaMIMSegmenterParameterNode:
     seed: Annotated[int, WithinRange(0, 999999)] = 0
 
 
-class MambaMIMSegmenterLogic(ScriptedLoadableModuleLogic, libLogic.MambaMIMSegmenterLogic):
+class MambaMIMSegmenterLogic(ScriptedLoadableModuleLogic, libLogic.SegmenterLogic):
     """The library logic bound to Slicer's scene, temporary folder and settings."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         cacheDir = qt.QSettings().value(CACHE_SETTING) or str(libLogic.defaultCacheDir())
-        registry = ModelRegistry(libLogic.resourcePath("models.json"), Path(cacheDir))
-        libLogic.MambaMIMSegmenterLogic.__init__(
+        registry = ModelRegistry(resourcePath("models.json"), Path(cacheDir))
+        libLogic.SegmenterLogic.__init__(
             self, scene=slicer.mrmlScene, registry=registry, tempRoot=Path(slicer.app.temporaryPath)
         )
 
@@ -87,7 +88,7 @@ class MambaMIMSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic: Optional[MambaMIMSegmenterLogic] = None
+        self.logic: MambaMIMSegmenterLogic | None = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._tasks = TaskSlot()  # one background task at a time: engine run, download, install, probe
@@ -329,7 +330,7 @@ class MambaMIMSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         try:
             check = dependencies.startDependencyCheck(
-                self.logic.python, self._engineEnvironment(), libLogic.resourcePath("pyproject.toml")
+                self.logic.python, self._engineEnvironment(), resourcePath("pyproject.toml")
             )
         except Exception as exc:
             self._fail(f"Could not check the Python packages the engine needs:\n{exc}")
@@ -387,7 +388,7 @@ class MambaMIMSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle="Optional CUDA kernels"):
             return
         check = dependencies.startDependencyCheck(
-            self.logic.python, self._engineEnvironment(), libLogic.resourcePath("pyproject.toml")
+            self.logic.python, self._engineEnvironment(), resourcePath("pyproject.toml")
         )
         try:
             plan = check.wait(timeout=60)
@@ -397,7 +398,7 @@ class MambaMIMSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if plan.torchMissing:
             slicer.util.errorDisplay(plan.confirmationText(), windowTitle="PyTorch is required")
             return
-        arguments = dependencies.cudaKernelRequirements(libLogic.resourcePath("pyproject.toml"))
+        arguments = dependencies.cudaKernelRequirements(resourcePath("pyproject.toml"))
         self._install(arguments, plan.torchVersion, "Building the optional CUDA kernels…", None)
 
     # -- segmentation ------------------------------------------------------------------------------
@@ -608,7 +609,7 @@ class MambaMIMSegmenterTest(ScriptedLoadableModuleTest):
 
         logic = MambaMIMSegmenterLogic()
         notReady = dependencies.engineNotReady(
-            logic.python, engineEnvironment(logic.enginePaths), libLogic.resourcePath("pyproject.toml")
+            logic.python, engineEnvironment(logic.enginePaths), resourcePath("pyproject.toml")
         )
         if notReady:
             self.skipTest(notReady)

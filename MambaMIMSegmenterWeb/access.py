@@ -16,7 +16,6 @@ import hmac
 import ipaddress
 import secrets
 from collections.abc import Callable
-from typing import Optional
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -46,7 +45,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def resolve_token(host: str, token: Optional[str]) -> Optional[str]:
+def resolve_token(host: str, token: str | None) -> str | None:
     """The token to enforce: the given one; a new random one when serving beyond loopback without
     one; none on loopback unless given."""
     if token is not None:
@@ -60,16 +59,16 @@ def resolve_token(host: str, token: Optional[str]) -> Optional[str]:
 class AccessGate:
     """aiohttp middleware: token check, same-origin websockets, one session at a time."""
 
-    def __init__(self, token: Optional[str], on_session_end: Callable[[], None] = lambda: None):
+    def __init__(self, token: str | None, on_session_end: Callable[[], None] = lambda: None):
         self.token = token
         self.on_session_end = on_session_end
         self.open_sockets = 0
 
     # -- checks ---------------------------------------------------------------------------------
-    def _matches(self, candidate: Optional[str]) -> bool:
+    def _matches(self, candidate: str | None) -> bool:
         return bool(candidate) and hmac.compare_digest(candidate.encode(), self.token.encode())
 
-    def _presented(self, request: web.Request) -> Optional[str]:
+    def _presented(self, request: web.Request) -> str | None:
         """Which way the request carries a valid token ("query", "cookie", "header"), or None."""
         if self._matches(request.query.get(TOKEN_PARAMETER)):
             return "query"

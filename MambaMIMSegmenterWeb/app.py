@@ -9,19 +9,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from MambaMIMSegmenterLib import InputError, MambaMIMSegmenterLogic, ModelRegistry, RegistryError
-from MambaMIMSegmenterLib.logic import defaultCacheDir, resourcePath
+from MambaMIMSegmenterLib import InputError, ModelRegistry, RegistryError, SegmenterLogic
+from MambaMIMSegmenterLib.logic import defaultCacheDir
 from MambaMIMSegmenterLib.registry import readCard
+from MambaMIMSegmenterLib.resources import resourcePath
 from trame.app import TrameApp
 from trame_server.utils.asynchronous import create_task
 from trame_slicer.core import LayoutManager, SlicerApp
-from trame_slicer.rca_view import register_rca_factories
 
-from . import jobs
+from . import dicomseg, jobs
 from .scene import RECONSTRUCTION_LAYOUT, SEGMENT_LAYOUT, WINDOW_LEVEL_PRESETS, CaseScene, LoadError, layouts
 from .scene import scan_suffix as _scan_suffix
+from .views import register_view_factories
 
 LOG_LINES = 200
 
@@ -30,11 +31,11 @@ LOG_LINES = 200
 class AppOptions:
     """Server-side settings (from ``mambamim web``'s arguments)."""
 
-    data_dir: Optional[Path] = None
-    load: Optional[Path] = None
-    sample: Optional[Path] = None
+    data_dir: Path | None = None
+    load: Path | None = None
+    sample: Path | None = None
     image_format: str = "turbo-jpeg"
-    cache_dir: Optional[Path] = None
+    cache_dir: Path | None = None
 
 
 class SegmenterWebApp(TrameApp):
@@ -42,12 +43,12 @@ class SegmenterWebApp(TrameApp):
         super().__init__(server)
         self.options = options
         self.slicer_app = SlicerApp()
-        register_rca_factories(self.slicer_app.view_manager, self.server, rca_encoder=options.image_format)
+        register_view_factories(self.slicer_app.view_manager, self.server, options.image_format)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(layouts())
         self.case = CaseScene(self.slicer_app, self.layout_manager)
         registry = ModelRegistry(resourcePath("models.json"), options.cache_dir or defaultCacheDir())
-        self.logic = MambaMIMSegmenterLogic(scene=self.slicer_app.scene, registry=registry)
+        self.logic = SegmenterLogic(scene=self.slicer_app.scene, registry=registry)
         self.job = None
         self.uploads = Path(tempfile.mkdtemp(prefix="mambamim-web-uploads-"))
         self._init_state()
@@ -55,6 +56,7 @@ class SegmenterWebApp(TrameApp):
 
         self.ui = build_ui(self)
         self.layout_manager.set_layout(SEGMENT_LAYOUT)
+        self.case.match_slicer_rendering()
         if options.load is not None:
             self.load_scan(options.load)
 
@@ -89,8 +91,9 @@ class SegmenterWebApp(TrameApp):
                 "progress_text": "",
                 "log": "",
                 "segments": [],
-                "segment_opacity": 0.6,
+                "segment_opacity": 1.0,
                 "show_surfaces": False,
+                "dicom_seg_reason": "",
                 "has_reconstruction": False,
                 "view_layout": SEGMENT_LAYOUT,
             }
@@ -146,7 +149,7 @@ class SegmenterWebApp(TrameApp):
                 found.append(relative + "/")
         return found
 
-    def sample_path(self) -> Optional[Path]:
+    def sample_path(self) -> Path | None:
         sample = self.options.sample
         return sample if sample is not None and sample.exists() else None
 
@@ -212,7 +215,8 @@ class SegmenterWebApp(TrameApp):
         except (InputError, RegistryError, ValueError, OSError) as exc:
             self.say(str(exc), error=True)
             return
-        self._run(job, "segment", self._segmentation_done)
+        labels = self._card_labels(self.state.model_id)
+        self._run(job, "segment", lambda node: self._segmentation_done(node, labels))
 
     def start_reconstruct(self) -> None:
         if self.state.running or self.case.volume is None:
@@ -247,7 +251,7 @@ class SegmenterWebApp(TrameApp):
                 self.state.progress = progress.percent
                 self.state.progress_text = progress.text
 
-        def on_done(result: Any, error: Optional[BaseException]) -> None:
+        def on_done(result: Any, error: BaseException | None) -> None:
             with self.state:
                 self.job = None
                 self.state.running = ""
@@ -267,11 +271,22 @@ class SegmenterWebApp(TrameApp):
 
         create_task(jobs.follow(job, on_progress, on_done, self.case.batch))
 
-    def _segmentation_done(self, node) -> None:
+    def _card_labels(self, model_id: str) -> list[dict]:
+        """The card's labels (the segments' order, names, colours and codes); the model is in the
+        cache once a run has started."""
+        return readCard(self.logic.registry.localPath(self.logic.registry.get(model_id)))["labels"]
+
+    def _segmentation_done(self, node, labels: list[dict]) -> None:
         with self.case.batch():
-            self.case.set_segmentation(node)
+            self.case.set_segmentation(node, labels)
             self.case.set_segmentation_opacity(self.state.segment_opacity)
-        self.state.update({"segments": self.case.segment_rows(), "show_surfaces": False})
+        self.state.update(
+            {
+                "segments": self.case.segment_rows(),
+                "show_surfaces": False,
+                "dicom_seg_reason": dicomseg.unavailable_reason(self.case.dicom_dir is not None),
+            }
+        )
         self.state.view_layout = SEGMENT_LAYOUT
         found = sum(1 for row in self.state.segments if row["volume_ml"] > 0)
         self.say(f"Segmentation done: {found} of {len(self.state.segments)} segments found.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from MambaMIMSegmenterLib import EngineCancelled, EngineJob
 from MambaMIMSegmenterLib.progress import formatSeconds
@@ -56,7 +56,7 @@ def describe(job: EngineJob) -> Progress:
 async def follow(
     job: EngineJob,
     on_progress: Callable[[Progress], None],
-    on_done: Callable[[Any, Optional[BaseException]], None],
+    on_done: Callable[[Any, BaseException | None], None],
     batch: Callable[[], Any],
 ) -> None:
     """Poll ``job`` until it ends; report progress, then the result or the error (cancel included)."""

@@ -7,11 +7,12 @@ and terminology are the model card's in both front ends.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from MambaMIMSegmenterLib.results import COMPARISON_VIEWS, showSegmentation3D
@@ -20,8 +21,10 @@ from slicer import vtkMRMLScene, vtkMRMLSegmentationStorageNode, vtkSegmentation
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
+from . import dicomseg
+
 # Window/level presets (window, level) of Slicer's Volumes module; "auto" = Slicer's automatic W/L.
-WINDOW_LEVEL_PRESETS: dict[str, Optional[tuple[float, float]]] = {
+WINDOW_LEVEL_PRESETS: dict[str, tuple[float, float] | None] = {
     "CT abdomen": (350.0, 40.0),
     "CT lung": (1400.0, -500.0),
     "CT bone": (1000.0, 400.0),
@@ -78,8 +81,10 @@ class CaseScene:
         self.volume = None
         self.segmentation = None
         self.reconstruction: tuple[Any, Any] | None = None
-        self.overlay = None  # the segmentation as a coloured label map for the slice views
-        self.opacity = 0.6
+        self.labels: list[dict[str, Any]] = []  # the card's labels of the segmentation, in segment order
+        self.dicom_dir: Optional[Path] = None  # the DICOM series the scan came from, if any
+        self._work: Optional[Path] = None  # the case's own files (an extracted zip)
+        self.opacity = 1.0
 
     # -- batching ---------------------------------------------------------------------------------
     @contextmanager
@@ -90,14 +95,33 @@ class CaseScene:
             yield
         finally:
             self.scene.EndState(vtkMRMLScene.BatchProcessState)
+            if not self.scene.IsBatchProcessing():
+                self._refresh_slice_segmentations()
+
+    def _refresh_slice_segmentations(self) -> None:
+        """Make the slice views' segmentation displayable managers catch up with a batch.
+
+        After a batch, Slicer's vtkMRMLSegmentationsDisplayableManager2D only flags itself for an
+        update: its ``OnMRMLSceneEndBatchProcess`` calls ``SetUpdateFromMRMLRequested(true)`` without
+        ``RequestRender()`` (Slicer 5.10 to 5.12, Modules/Loadable/Segmentations/MRMLDM/
+        vtkMRMLSegmentationsDisplayableManager2D.cxx; the 3-D manager does call it), and the update
+        runs at its next ``RequestRender`` (protected, not wrapped in Python). In Slicer's desktop the
+        slice logic soon modifies the slice nodes; in trame-slicer nothing does, so a segmentation
+        added in a batch stayed undrawn until the user scrolled. A slice-node Modified event is the
+        manager's own trigger (``UpdateSliceNode``, then ``RequestRender``)."""
+        for view in self.app.view_manager.get_slice_views():
+            node = view.get_view_node()
+            if node is not None:
+                node.Modified()
 
     # -- loading ----------------------------------------------------------------------------------
     def load(self, path: Path, name: str = "") -> Any:
         """Replace the case with the scan at ``path`` (file, zipped DICOM series or DICOM folder)."""
         path = Path(path)
         name = name or _display_name(path)
-        with tempfile.TemporaryDirectory(prefix="mambamim-web-load-") as tmp:
-            readable = _slicer_readable(path, Path(tmp))
+        work = Path(tempfile.mkdtemp(prefix="mambamim-web-case-"))
+        try:
+            readable, dicom_dir = _slicer_readable(path, work)
             node = self.app.volumes_logic.AddArchetypeVolume(str(readable), name, 0)
             if node is None or node.GetImageData() is None:
                 if node is not None:
@@ -108,10 +132,17 @@ class CaseScene:
             except ValueError as exc:
                 self.scene.RemoveNode(node)
                 raise LoadError(f"{path.name}: {exc}") from exc
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        if readable.parent == work:  # converted: Slicer has read it
+            readable.unlink()
         node.SetName(name)
         with self.batch():
             self.clear(keep=node)
             self.volume = node
+            # The series stays while it is the case: a DICOM SEG must reference its instances.
+            self.dicom_dir, self._work = dicom_dir, work
             self.set_window_level("CT abdomen" if self.modality() == "CT" else "MR auto")
             self.show_segment_layout()
         self.app.display_manager.reset_views()
@@ -122,8 +153,6 @@ class CaseScene:
 
     def clear(self, keep=None) -> None:
         """Remove every scan, segmentation and surface (a new case, or the session ended)."""
-        if self.overlay is not None:
-            self.scene.RemoveNode(self.overlay.GetDisplayNode().GetColorNode())
         for class_name in _DATA_CLASSES:
             nodes = self.scene.GetNodesByClass(class_name)
             for index in range(nodes.GetNumberOfItems()):
@@ -132,8 +161,11 @@ class CaseScene:
                     self.scene.RemoveNode(node)
         self.volume = keep
         self.segmentation = None
+        self.labels = []
         self.reconstruction = None
-        self.overlay = None
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)
+        self.dicom_dir, self._work = None, None
         # Redraw now: a view keeps streaming its last frame, which must not show the previous case.
         for view in self.app.view_manager.get_views():
             view.schedule_render()
@@ -154,14 +186,21 @@ class CaseScene:
             other.SetAutoWindowLevel(False)
             other.SetWindowLevel(display.GetWindow(), display.GetLevel())
 
+    def match_slicer_rendering(self) -> None:
+        """Render as Slicer's desktop does by default: multisampling off.
+
+        trame-slicer's views ask for 8x MSAA (``AbstractView``: ``SetMultiSamples(8)``) and the 3-D view
+        for depth peeling; with both, translucent surfaces (segment opacity below 1) come out blank on
+        Mesa's llvmpipe through EGL. Slicer's views default to MSAA "Off"
+        (Base/QTGUI/qSlicerSettingsViewsPanel.cxx, Slicer 5.10), with which depth peeling draws them."""
+        for view in self.app.view_manager.get_views():
+            view.render_window().SetMultiSamples(0)
+
     def show_segment_layout(self) -> None:
         self.layout_manager.set_layout(SEGMENT_LAYOUT)
         for view in self.app.view_manager.get_slice_views(0):
             view.set_background_volume_id(self.volume.GetID() if self.volume else None)
             view.set_foreground_volume_id(None)
-            composite = _composite(view)
-            composite.SetLabelVolumeID(self.overlay.GetID() if self.overlay is not None else None)
-            composite.SetLabelOpacity(self.opacity)
 
     def show_reconstruction_layout(self) -> None:
         if self.reconstruction is None:
@@ -177,21 +216,33 @@ class CaseScene:
         self.app.display_manager.reset_views(1)
 
     # -- results ----------------------------------------------------------------------------------
-    def set_segmentation(self, node) -> None:
-        """Show a finished segmentation (from the library) in the Segment views, 2-D only at first.
-
-        The slice views draw it as a label layer in the card's colours: with slicer-core 5.11 and
-        slicer-layer-dm 2.0, Slicer's 2-D segmentation displayable manager draws nothing in
-        trame-slicer's slice views, while label layers render; the 3-D view shows the segmentation
-        node's own surfaces."""
+    def set_segmentation(self, node, labels: list[dict[str, Any]]) -> None:
+        """Show a finished segmentation (from the library) in the Segment views, 2-D only at first:
+        Slicer's own segmentation display (fill and outline in the card's colours, per-segment
+        visibility and opacity); 3-D surfaces on demand (:meth:`show_surfaces`)."""
         if self.segmentation is not None and self.segmentation is not node:
             self.scene.RemoveNode(self.segmentation)
         self.segmentation = node
+        self.labels = list(labels)
         display = node.GetDisplayNode()
-        display.SetVisibility2D(False)
+        display.SetVisibility(True)
+        display.SetVisibility2D(True)
         display.SetVisibility3D(False)
-        self._update_overlay()
+        display.SetOpacity(self.opacity)
         self.show_segment_layout()
+        self.jump_to_largest_segment()
+
+    def jump_to_largest_segment(self) -> None:
+        """Move the slice planes through the largest segment's centre (as Slicer's segment list
+        "jump" does), so the result is in view whatever slice the scan opened at."""
+        volumes = {segment_id: self._segment_volume_ml(segment_id) for segment_id in self._segment_ids()}
+        if not volumes or max(volumes.values()) <= 0:
+            return
+        center = self.segmentation.GetSegmentCenterRAS(max(volumes, key=volumes.get))
+        if center is None:
+            return
+        for view in self.app.view_manager.get_slice_views(0):
+            view.get_view_node().JumpSliceByOffsetting(*center)
 
     def set_reconstruction(self, masked, reconstruction) -> None:
         for node in self.reconstruction or ():
@@ -235,48 +286,14 @@ class CaseScene:
 
     def set_segment_visible(self, segment_id: str, visible: bool) -> None:
         if self.segmentation is not None:
-            with self.batch():
-                self.segmentation.GetDisplayNode().SetSegmentVisibility(segment_id, bool(visible))
-                self._update_overlay_colours()
+            self.segmentation.GetDisplayNode().SetSegmentVisibility(segment_id, bool(visible))
 
     def set_segmentation_opacity(self, opacity: float) -> None:
+        """The segmentation's overall opacity, as Segmentations' module slider: it scales the 2-D fill
+        (0.5 by default) and outline, and the 3-D surfaces."""
         self.opacity = float(opacity)
         if self.segmentation is not None:
-            self.segmentation.GetDisplayNode().SetOpacity3D(self.opacity)
-        for view in self.app.view_manager.get_slice_views(0):
-            _composite(view).SetLabelOpacity(self.opacity)
-
-    def _update_overlay(self) -> None:
-        """(Re)build the label-layer copy of the segmentation: values 1..N in segment order."""
-        if self.overlay is None:
-            self.overlay = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "segmentation overlay")
-            self.overlay.SetHideFromEditors(True)
-            self.overlay.CreateDefaultDisplayNodes()
-            colours = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "segment colours")
-            colours.SetTypeToUser()
-            colours.SetHideFromEditors(True)
-            colours.SetNumberOfColors(1)
-            colours.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-            self.overlay.GetDisplayNode().SetAndObserveColorNodeID(colours.GetID())
-        _export_labelmap(
-            self.app.segmentations_logic, self.segmentation, self._segment_ids(), self.overlay, self.volume
-        )
-        self._update_overlay_colours()
-
-    def _update_overlay_colours(self) -> None:
-        """Entry i + 1 is segment i's colour (the card's), transparent when the segment is hidden."""
-        colours = self.overlay.GetDisplayNode().GetColorNode()
-        segmentation = self.segmentation.GetSegmentation()
-        display = self.segmentation.GetDisplayNode()
-        ids = self._segment_ids()
-        colours.SetNumberOfColors(len(ids) + 1)
-        colours.GetLookupTable().SetRange(0, len(ids))
-        colours.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-        for index, segment_id in enumerate(ids, start=1):
-            r, g, b = segmentation.GetSegment(segment_id).GetColor()
-            alpha = 1.0 if display.GetSegmentVisibility(segment_id) else 0.0
-            colours.SetColor(index, segmentation.GetSegment(segment_id).GetName(), r, g, b, alpha)
-        colours.Modified()
+            self.segmentation.GetDisplayNode().SetOpacity(self.opacity)
 
     def _segment_ids(self) -> list[str]:
         segmentation = self.segmentation.GetSegmentation()
@@ -292,11 +309,14 @@ class CaseScene:
 
     # -- downloads --------------------------------------------------------------------------------
     def export_segmentation(self, kind: str, folder: Path) -> Path:
-        """Write the segmentation as a label map (``labels``, NIfTI, card label values) or a
-        ``.seg.nrrd`` (Slicer's segmentation file with names and colours); the file's path."""
+        """Write the segmentation as a label map (``labels``, NIfTI, card label values), a
+        ``.seg.nrrd`` (Slicer's segmentation file with names and colours) or a DICOM SEG
+        (``dicom-seg``, referencing the series the scan came from); the file's path."""
         if self.segmentation is None or self.volume is None:
             raise LoadError("there is no segmentation to download yet")
         base = _safe_stem(self.volume.GetName())
+        if kind == "dicom-seg":
+            return self._export_dicom_seg(folder / f"{base}_seg.dcm")
         if kind == "seg.nrrd":
             path = folder / f"{base}.seg.nrrd"
             storage = vtkMRMLSegmentationStorageNode()  # Slicer's own writer: names, colours, terminology
@@ -306,14 +326,35 @@ class CaseScene:
             return path
         if kind != "labels":
             raise ValueError(f"unknown download {kind!r}")
-        path = folder / f"{base}_labels.nii.gz"
-        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{base} labels")
+        return self._write_labelmap(folder / f"{base}_labels.nii.gz")
+
+    def _write_labelmap(self, path: Path) -> Path:
+        """The segments as one label map on the scan's grid, segment i as value i + 1."""
+        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{path.name} labels")
         try:
             ids = self._segment_ids()
             _export_labelmap(self.app.segmentations_logic, self.segmentation, ids, labelmap, self.volume)
             self.app.io_manager.write_volume(labelmap, path)
         finally:
             self.scene.RemoveNode(labelmap)
+        return path
+
+    def _export_dicom_seg(self, path: Path) -> Path:
+        reason = dicomseg.unavailable_reason(self.dicom_dir is not None)
+        if reason:
+            raise LoadError(reason)
+        if len(self.labels) != len(self._segment_ids()):
+            raise LoadError("the segmentation's segments no longer match the model card's labels")
+        writer, _ = dicomseg.find_writer()
+        # Doubles in NRRD keep the scan's exact grid (the writer matches each slice to the series).
+        labelmap = self._write_labelmap(path.with_name(path.stem + "_labels.nrrd"))
+        labels = [dict(label, value=index) for index, label in enumerate(self.labels, start=1)]
+        try:
+            writer(labelmap, self.dicom_dir, labels, path)
+        except ValueError as exc:  # the writer's own errors name the reason (e.g. no organ found)
+            raise LoadError(f"DICOM SEG: {exc}") from exc
+        finally:
+            labelmap.unlink(missing_ok=True)
         return path
 
 
@@ -343,11 +384,12 @@ def _safe_stem(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "scan"
 
 
-def _slicer_readable(path: Path, tmp: Path) -> Path:
-    """``path`` itself when Slicer reads it; else the scan converted to NRRD by mambamim's reader
-    (MGH/MGZ, DICOM series folders, zipped DICOM), keeping its geometry."""
+def _slicer_readable(path: Path, tmp: Path) -> tuple[Path, Optional[Path]]:
+    """``path`` itself when Slicer reads it; else the scan converted to NRRD in ``tmp`` by mambamim's
+    reader (MGH/MGZ, DICOM series folders, zipped DICOM), keeping its geometry. Second: the DICOM
+    series folder (extracted into ``tmp`` from a zip), or None."""
     if path.is_file() and scan_suffix(path.name) in SLICER_SUFFIXES:
-        return path
+        return path, None
     source = path
     if path.is_file() and zipfile.is_zipfile(path):
         source = tmp / "dicom"
@@ -355,15 +397,17 @@ def _slicer_readable(path: Path, tmp: Path) -> Path:
     elif path.is_file() and scan_suffix(path.name) not in SCAN_SUFFIXES:
         raise LoadError(f"{path.name}: unsupported file type (use {', '.join(SCAN_SUFFIXES)})")
     import SimpleITK as sitk
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
 
+    if source.is_dir():
+        source = _series_folder(source)
     try:
-        image = read_image(_series_folder(source) if source.is_dir() else source)
+        image = read_image(source)
     except Exception as exc:  # the reader's message names the file and the reason
         raise LoadError(f"{path.name}: {exc}") from exc
     converted = tmp / "scan.nrrd"
     sitk.WriteImage(image, str(converted))
-    return converted
+    return converted, source if source.is_dir() else None
 
 
 def _extract_zip(archive: Path, target: Path) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 # Views render offscreen through EGL (no X display on a server); set before VTK creates a window.
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -20,7 +20,7 @@ MAX_UPLOAD_BYTES = 4 * 1024**3
 _CHUNK = 1 << 20
 
 
-def default_sample() -> Optional[Path]:
+def default_sample() -> Path | None:
     """The sample CT next to a source checkout (``../shared/data``), when present."""
     root = Path(__file__).resolve().parents[1]
     sample = root.parent / "shared" / "data" / "ct_abdomen" / "ct.nii.gz"
@@ -50,7 +50,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(options, host: str, port: int, token: Optional[str]) -> None:
+def serve(options, host: str, port: int, token: str | None) -> None:
     from trame.app import get_server
 
     from .app import SegmenterWebApp
@@ -111,20 +111,24 @@ async def _upload(app, request: web.Request) -> web.Response:
     return web.Response(text="loaded")
 
 
+DOWNLOADS = {"labels": "application/octet-stream", "seg.nrrd": "application/octet-stream",
+             "dicom-seg": "application/dicom"}
+
+
 async def _download(app, request: web.Request) -> web.StreamResponse:
     kind = request.match_info["kind"]
-    if kind not in ("labels", "seg.nrrd"):
+    if kind not in DOWNLOADS:
         raise web.HTTPNotFound(text=f"no download named {kind}")
     folder = Path(tempfile.mkdtemp(dir=app.uploads))
     try:
         path = app.case.export_segmentation(kind, folder)
+        body = path.read_bytes()
     except (ValueError, OSError) as exc:
         return web.Response(status=409, text=str(exc))
-    body = path.read_bytes()
-    path.unlink()
-    folder.rmdir()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return web.Response(
         body=body,
-        content_type="application/octet-stream",
+        content_type=DOWNLOADS[kind],
         headers={"Content-Disposition": f'attachment; filename="{path.name}"'},
     )

@@ -147,8 +147,13 @@ def _segment_panel(app) -> None:
             with html.Div(v_if=("segments.length",), classes="mt-2"):
                 v.VBtn("Label map", href="download/labels", target="_blank", size="small", classes="mr-2",
                        prepend_icon="mdi-download", id="download-labels")
-                v.VBtn(".seg.nrrd", href="download/seg.nrrd", target="_blank", size="small",
+                v.VBtn(".seg.nrrd", href="download/seg.nrrd", target="_blank", size="small", classes="mr-2",
                        prepend_icon="mdi-download", id="download-seg")
+                v.VBtn("DICOM SEG", href=("dicom_seg_reason ? undefined : 'download/dicom-seg'",),
+                       target="_blank", size="small", prepend_icon="mdi-download",
+                       disabled=("!!dicom_seg_reason",), id="download-dicom-seg")
+                html.Div("{{ dicom_seg_reason }}", v_if=("dicom_seg_reason",), classes="text-caption mt-1",
+                         id="dicom-seg-reason")
 
 
 def _reconstruction_panel(app) -> None:

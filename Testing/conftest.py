@@ -15,6 +15,31 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data"
 
 
+# Tiny networks shared by several test files: every code path of the full-size ones, in seconds on a CPU.
+TINY_HYMAMBA = {"channels": (4, 8, 8, 12, 12), "blocks": (1, 1, 2, 1, 1), "expansion": (2, 2, 2, 2, 2),
+                "mamba_depth": 2, "d_state": 4, "out_channels": 3}  # fmt: skip
+TINY_MIM_ENCODER = {"channels": [4, 6, 8, 8, 12], "blocks": [1, 1, 1, 1, 1], "expansion": [2, 2, 2, 2, 2],
+                    "mamba_depth": 1, "d_state": 4}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_hymamba() -> dict:
+    """Constructor arguments of a tiny HyMamba with 3 classes (not to be modified: copy with ``{**...}``)."""
+    return TINY_HYMAMBA
+
+
+@pytest.fixture(scope="session")
+def tiny_hymamba_encoder() -> dict:
+    """The same network's ``HyMambaEncoder`` arguments."""
+    return {k: v for k, v in TINY_HYMAMBA.items() if k != "out_channels"}
+
+
+@pytest.fixture(scope="session")
+def tiny_mim_encoder() -> dict:
+    """``encoder_config`` of a tiny MambaMIM (not to be modified)."""
+    return TINY_MIM_ENCODER
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA_DIR.is_dir():

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from mambamim.engine.checkpoint import (
+from mambamim.checkpoint import (
     CheckpointError,
     capture_rng_state,
     load_checkpoint,

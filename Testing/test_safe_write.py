@@ -101,3 +101,39 @@ def test_a_locked_staging_folder_is_never_swept(staging):
         assert held.exists()
     finally:
         os.close(fd)
+
+
+def test_the_package_renames_files_only_through_safe_write():
+    """Every "write to a temporary file, then rename" is :func:`safe_write` (its cleanup is tested above)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(module.__file__).parent
+    renames = []
+    for path in package.rglob("*.py"):
+        if path == Path(module.__file__):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = node.func.value
+                name = f"{owner.id}.{node.func.attr}" if isinstance(owner, ast.Name) else node.func.attr
+                if name in ("os.replace", "os.rename", "shutil.move", "rename"):
+                    renames.append(f"{path.relative_to(package)}:{node.lineno} {name}")
+    assert not renames, renames
+
+
+def test_a_failed_conversion_write_leaves_nothing(tmp_path, staging, monkeypatch):
+    import safetensors.torch
+    import torch
+    from mambamim.infer.convert import Conversion, save_converted
+
+    def failing_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    conversion = Conversion({"w": torch.zeros(2)}, "hymamba", {}, "test")
+    with pytest.raises(OSError, match="No space left"):
+        save_converted(conversion, tmp_path / "out.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == [staging.name] and list(staging.iterdir()) == []

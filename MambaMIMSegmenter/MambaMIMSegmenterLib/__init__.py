@@ -1,8 +1,9 @@
 """Qt-free logic of the MambaMIM Segmenter Slicer module (usable from the Python console and scripts)."""
 
-from .logic import EngineJob, MambaMIMSegmenterLogic, defaultCacheDir, resourcePath
+from .logic import EngineJob, SegmenterLogic, defaultCacheDir
 from .progress import JsonLinesParser, ProgressEvent
 from .registry import ModelEntry, ModelRegistry, RegistryError
+from .resources import resourcePath
 from .runner import EngineCancelled, EngineError, ProcessRunner
 from .volumeio import InputError
 
@@ -12,12 +13,12 @@ __all__ = [
     "EngineJob",
     "InputError",
     "JsonLinesParser",
-    "MambaMIMSegmenterLogic",
     "ModelEntry",
     "ModelRegistry",
     "ProcessRunner",
     "ProgressEvent",
     "RegistryError",
+    "SegmenterLogic",
     "defaultCacheDir",
     "resourcePath",
 ]

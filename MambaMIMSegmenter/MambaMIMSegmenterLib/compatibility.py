@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Optional
 
 MINIMUM_SLICER = (5, 10)
 MINIMUM_PYTHON = (3, 12)
@@ -23,8 +22,8 @@ def parseVersion(text: str) -> tuple[int, int]:
 
 
 def unsupportedReason(
-    slicerVersion: str, pythonVersion: Optional[tuple[int, int]] = None
-) -> Optional[str]:
+    slicerVersion: str, pythonVersion: tuple[int, int] | None = None
+) -> str | None:
     """None on a supported Slicer, else the message that says what to do."""
     python = tuple(pythonVersion or sys.version_info[:2])
     slicer = parseVersion(slicerVersion)

@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .tasks import ProbeTask
 
@@ -65,7 +65,7 @@ def projectRequirements(pyprojectFile: Path) -> tuple[list[str], list[str]]:
     return runtime, cuda
 
 
-def satisfiedBy(requirement: str, installed: Optional[str]) -> bool:
+def satisfiedBy(requirement: str, installed: str | None) -> bool:
     """Whether an installed version (None: not installed) satisfies ``requirement``."""
     if not installed:
         return False
@@ -93,7 +93,7 @@ print(json.dumps({"stage": "done", "fraction": 1.0, "message": "", "outputs": ve
 @dataclass
 class InstallPlan:
     missing: list[str]
-    torchVersion: Optional[str]  # None: torch is not installed for the engine
+    torchVersion: str | None  # None: torch is not installed for the engine
 
     @property
     def torchMissing(self) -> bool:
@@ -136,7 +136,7 @@ def startDependencyCheck(python: str, env: dict[str, str], pyprojectFile: Path) 
     )
 
 
-def engineNotReady(python: str, env: dict[str, str], pyprojectFile: Path) -> Optional[str]:
+def engineNotReady(python: str, env: dict[str, str], pyprojectFile: Path) -> str | None:
     """Why the engine cannot run here (torch or its packages missing), or None when it can. For the
     module's self-test, which must skip (not fail) on build servers without PyTorch."""
     try:
@@ -157,7 +157,7 @@ def cudaKernelRequirements(pyprojectFile: Path) -> list[str]:
     return ["--no-build-isolation", *cuda]
 
 
-def findCudaCompiler() -> Optional[str]:
+def findCudaCompiler() -> str | None:
     """nvcc on PATH or under CUDA_HOME / CUDA_PATH; None when the kernels cannot be built here."""
     import os
 
@@ -203,13 +203,13 @@ class InstallBusy(RuntimeError):
 class InstallTask:
     """One pip install through Slicer's API, in the task protocol (poll, cancel, fraction, status)."""
 
-    fraction: Optional[float] = None
+    fraction: float | None = None
     cancellable = False  # Slicer's API cannot stop pip once started
 
     def __init__(self, description: str):
         self.statusText = description
-        self.returnCode: Optional[int] = None
-        self.error: Optional[BaseException] = None
+        self.returnCode: int | None = None
+        self.error: BaseException | None = None
         self.result = None
         self._packaging: Any = None
 

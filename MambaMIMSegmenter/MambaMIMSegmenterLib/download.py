@@ -14,7 +14,6 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
 
 _CHUNK = 1 << 20
 
@@ -58,11 +57,11 @@ class Download:
         self.sha256 = sha256
         self.timeout = timeout
         self.bytesDone = 0
-        self.bytesTotal: Optional[int] = None
-        self.error: Optional[BaseException] = None
+        self.bytesTotal: int | None = None
+        self.error: BaseException | None = None
         self.done = False
         self._cancel = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> Download:
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -79,18 +78,18 @@ class Download:
         return self.done
 
     @property
-    def result(self) -> Optional[Path]:
+    def result(self) -> Path | None:
         return self.target if self.done and self.error is None else None
 
     @property
-    def fraction(self) -> Optional[float]:
+    def fraction(self) -> float | None:
         return self.bytesDone / self.bytesTotal if self.bytesTotal else None
 
     @property
     def statusText(self) -> str:
         return f"Downloading… {self.bytesDone / 1e6:.1f} MB"
 
-    def wait(self, timeout: Optional[float] = None) -> Path:
+    def wait(self, timeout: float | None = None) -> Path:
         """Block until finished; the verified file, or the download's error raised here."""
         if self._thread is None:
             self.start()

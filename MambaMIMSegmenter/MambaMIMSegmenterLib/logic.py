@@ -1,6 +1,6 @@
-"""MambaMIMSegmenterLogic: Qt-free, usable from the widget, the Python console and scripts.
+"""SegmenterLogic: Qt-free, usable from the widget, the Python console and scripts.
 
-    logic = MambaMIMSegmenterLogic()
+    logic = SegmenterLogic()
     segmentation = logic.segment(volumeNode, "btcv-hymamba-demo", "auto")          # blocks
     job = logic.segment(volumeNode, "btcv-hymamba-demo", "auto", waitForCompletion=False)
     while not job.poll(): ...                                                        # GUI: a QTimer
@@ -19,11 +19,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
-from .enginepath import MODULE_DIR, defaultEnginePaths, importEngineModule
+from .enginepath import defaultEnginePaths, importEngineModule
 from .progress import ProgressEvent
 from .registry import ModelEntry, ModelRegistry, RegistryError, readCard
+from .resources import resourcePath
 from .results import ComparisonLayout, addSegmentation, addVolume, buildSegmentation, removeFromScene
 from .runner import EngineCancelled, EngineError, ProcessRunner, engineEnvironment, pythonExecutable
 from .volumeio import (
@@ -41,15 +42,6 @@ ProgressCallback = Callable[[ProgressEvent], None]
 LogCallback = Callable[[str], None]
 
 
-def resourcePath(name: str) -> Path:
-    """A shared resource: next to the module when installed, at the repository root in a checkout."""
-    bases = (MODULE_DIR / "Resources", MODULE_DIR, MODULE_DIR.parent / "Resources", MODULE_DIR.parent)
-    for base in bases:
-        if (base / name).exists():
-            return base / name
-    raise FileNotFoundError(f"resource {name} not found in any of: {', '.join(str(b) for b in bases)}")
-
-
 def defaultCacheDir() -> Path:
     """``$MAMBAMIM_SEGMENTER_CACHE`` or the user cache folder (the module settings can override it)."""
     if os.environ.get("MAMBAMIM_SEGMENTER_CACHE"):
@@ -63,9 +55,9 @@ class OverlapChoice:
     until the user moves the slider after selecting the model."""
 
     def __init__(self) -> None:
-        self.argument: Optional[float] = None
+        self.argument: float | None = None
 
-    def modelSelected(self, cardOverlap: Optional[float]) -> None:
+    def modelSelected(self, cardOverlap: float | None) -> None:
         self.argument = None
 
     def userChanged(self, value: float) -> None:
@@ -81,8 +73,8 @@ class EngineJob:
         runner: ProcessRunner,
         workDir: Path,
         finish: Callable[[ProgressEvent], Any],
-        onProgress: Optional[ProgressCallback] = None,
-        onLog: Optional[LogCallback] = None,
+        onProgress: ProgressCallback | None = None,
+        onLog: LogCallback | None = None,
     ):
         self.runner = runner
         self.workDir = workDir
@@ -90,11 +82,11 @@ class EngineJob:
         self.onProgress = onProgress
         self.onLog = onLog
         self.result: Any = None
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
         self.finished = False
         self.inputVolume = None  # the volume this run works on (shown with its result)
         self.startTime = time.monotonic()
-        self.endTime: Optional[float] = None
+        self.endTime: float | None = None
         self._logShown = 0
 
     @property
@@ -102,13 +94,13 @@ class EngineJob:
         return (self.endTime or time.monotonic()) - self.startTime
 
     @property
-    def lastEvent(self) -> Optional[ProgressEvent]:
+    def lastEvent(self) -> ProgressEvent | None:
         return self.runner.lastEvent
 
     cancellable = True
 
     @property
-    def fraction(self) -> Optional[float]:
+    def fraction(self) -> float | None:
         return self.lastEvent.fraction if self.lastEvent is not None else None
 
     @property
@@ -135,7 +127,7 @@ class EngineJob:
                 self._close()
         return self.finished
 
-    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> Any:
+    def wait(self, timeout: float | None = None, interval: float = 0.05) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not self.poll():
@@ -162,16 +154,16 @@ class EngineJob:
         shutil.rmtree(self.workDir, ignore_errors=True)
 
 
-class MambaMIMSegmenterLogic:
+class SegmenterLogic:
     """Segmentation and masked-input reconstruction through the engine child process."""
 
     def __init__(
         self,
         scene=None,
-        registry: Optional[ModelRegistry] = None,
-        python: Optional[str] = None,
-        enginePaths: Optional[list[str]] = None,
-        tempRoot: Optional[Path] = None,
+        registry: ModelRegistry | None = None,
+        python: str | None = None,
+        enginePaths: list[str] | None = None,
+        tempRoot: Path | None = None,
     ):
         if scene is None:
             import slicer
@@ -193,7 +185,7 @@ class MambaMIMSegmenterLogic:
         self.registry.cacheDir = cacheDir
         return True
 
-    def modelOverlap(self, entry: ModelEntry) -> Optional[float]:
+    def modelOverlap(self, entry: ModelEntry) -> float | None:
         """The sliding-window overlap in the model's card, when the model is available locally."""
         try:
             path = self.registry.localPath(entry)
@@ -204,8 +196,8 @@ class MambaMIMSegmenterLogic:
 
     # -- models --------------------------------------------------------------------------------------
     def resolveModel(
-        self, model: Union[str, Path, ModelEntry], task: str = "segmentation"
-    ) -> tuple[Optional[ModelEntry], Path]:
+        self, model: str | Path | ModelEntry, task: str = "segmentation"
+    ) -> tuple[ModelEntry | None, Path]:
         """(entry, local path) for a registry id, an entry, or a package folder / checkpoint path.
         Registry models must already be available locally (use ``registry.fetch`` to download)."""
         if isinstance(model, ModelEntry):
@@ -232,14 +224,14 @@ class MambaMIMSegmenterLogic:
     def startSegmentation(
         self,
         volumeNode,
-        model: Union[str, Path, ModelEntry],
+        model: str | Path | ModelEntry,
         device: str = "auto",
         fast: bool = False,
-        overlap: Optional[float] = None,
+        overlap: float | None = None,
         outputSegmentationNode=None,
         checkModality: bool = True,
-        onProgress: Optional[ProgressCallback] = None,
-        onLog: Optional[LogCallback] = None,
+        onProgress: ProgressCallback | None = None,
+        onLog: LogCallback | None = None,
     ) -> EngineJob:
         """Validate, write the input and start the engine; returns at once with the running job."""
         validateInputVolume(volumeNode)
@@ -299,7 +291,7 @@ class MambaMIMSegmenterLogic:
         modality = importEngineModule("infer.modality")
         actual = guessModality(volumeNode)
         try:
-            modality.check_modality(card, actual, packageDir)
+            modality.check_modality(card["input"]["modality"], actual, packageDir)
         except modality.ModalityMismatch as exc:
             raise InputError(
                 f'Model "{entry.title}" is for {exc.expected} images, but "{volumeNode.GetName()}" looks '
@@ -317,13 +309,13 @@ class MambaMIMSegmenterLogic:
     def startReconstruction(
         self,
         volumeNode,
-        checkpoint: Union[str, Path, ModelEntry],
+        checkpoint: str | Path | ModelEntry,
         maskRatio: float = 0.75,
         seed: int = 0,
         device: str = "auto",
         showResult: bool = True,
-        onProgress: Optional[ProgressCallback] = None,
-        onLog: Optional[LogCallback] = None,
+        onProgress: ProgressCallback | None = None,
+        onLog: LogCallback | None = None,
     ) -> EngineJob:
         validateInputVolume(volumeNode)
         _checkDevice(device)

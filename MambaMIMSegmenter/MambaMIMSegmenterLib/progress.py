@@ -16,7 +16,7 @@ import codecs
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Union
 
 TERMINAL_STAGES = ("done", "error", "cancelled")
 
@@ -27,7 +27,7 @@ class ProgressEvent:
 
     stage: str
     fraction: float
-    eta_s: Optional[float] = None
+    eta_s: float | None = None
     message: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
 
@@ -94,7 +94,7 @@ class JsonLinesParser:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buffer = ""
 
-    def feed(self, chunk: Union[bytes, str]) -> list[ParsedItem]:
+    def feed(self, chunk: bytes | str) -> list[ParsedItem]:
         text = self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
         self._buffer += text
         *lines, self._buffer = self._buffer.replace("\r\n", "\n").split("\n")

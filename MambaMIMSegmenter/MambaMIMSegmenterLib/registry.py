@@ -20,8 +20,9 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+from .cardschema import cardProblems
 from .download import Download, DownloadError, sha256File, verifySha256
 
 CARD_FILE = "model.json"
@@ -65,7 +66,7 @@ class ModelEntry:
         )
 
     @property
-    def localSource(self) -> Optional[Path]:
+    def localSource(self) -> Path | None:
         """The file or folder for local URLs (relative paths and file://); None for remote ones."""
         parsed = urllib.parse.urlparse(self.url)
         if parsed.scheme == "file":
@@ -85,7 +86,7 @@ class ModelEntry:
 
 
 def readCard(packageDir: Path) -> dict[str, Any]:
-    """The ``model.json`` card of a package folder, checked for the fields the module relies on."""
+    """The ``model.json`` card of a package folder, checked against the model card schema."""
     cardPath = Path(packageDir) / CARD_FILE
     if not cardPath.is_file():
         raise RegistryError(f"{packageDir} is not a model package: it has no {CARD_FILE}")
@@ -93,13 +94,7 @@ def readCard(packageDir: Path) -> dict[str, Any]:
         card = json.loads(cardPath.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RegistryError(f"cannot read model card {cardPath}: {exc}") from exc
-    problems = []
-    if not isinstance(card.get("labels"), list) or not card["labels"]:
-        problems.append("'labels' must be a non-empty list")
-    if not isinstance(card.get("input"), dict) or card["input"].get("modality") not in ("CT", "MR"):
-        problems.append("'input.modality' must be 'CT' or 'MR'")
-    if not isinstance(card.get("weights"), dict) or not card["weights"].get("file"):
-        problems.append("'weights.file' is missing")
+    problems = cardProblems(card)
     if problems:
         raise RegistryError(f"invalid model card {cardPath}: " + "; ".join(problems))
     return card
@@ -131,7 +126,7 @@ def validateRegistry(data: Any, schema: dict[str, Any], source: str) -> None:
 class ModelRegistry:
     """Registry entries plus packages imported into ``cacheDir``; fetches and verifies models."""
 
-    def __init__(self, registryFile: Path, cacheDir: Path, schemaFile: Optional[Path] = None):
+    def __init__(self, registryFile: Path, cacheDir: Path, schemaFile: Path | None = None):
         self.registryFile = Path(registryFile)
         self.cacheDir = Path(cacheDir)
         self.schemaFile = (
@@ -164,7 +159,7 @@ class ModelRegistry:
                 continue  # a broken import is reported when imported, not on every listing
         return entries
 
-    def entries(self, task: Optional[str] = None) -> list[ModelEntry]:
+    def entries(self, task: str | None = None) -> list[ModelEntry]:
         entries = self.builtinEntries() + self.importedEntries()
         return [e for e in entries if task is None or e.task == task]
 
@@ -196,7 +191,7 @@ class ModelRegistry:
         )
 
     # -- availability -------------------------------------------------------------------------------
-    def localPath(self, entry: ModelEntry) -> Optional[Path]:
+    def localPath(self, entry: ModelEntry) -> Path | None:
         """The verified package folder or checkpoint, if usable without downloading; else None."""
         source = entry.localSource
         if source is not None:

@@ -6,7 +6,7 @@ step leaves the scene exactly as it was.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import slicer
@@ -168,7 +168,7 @@ def showSegmentation3D(segmentationNode, show: bool = True) -> None:
         segmentationNode.CreateClosedSurfaceRepresentation()
     else:
         segmentationNode.RemoveClosedSurfaceRepresentation()
-    display: Optional[Any] = segmentationNode.GetDisplayNode()
+    display: Any | None = segmentationNode.GetDisplayNode()
     if display is not None:
         display.SetVisibility3D(show)
 
@@ -220,7 +220,7 @@ class ComparisonLayout:
     shown before can be restored."""
 
     def __init__(self) -> None:
-        self.previousArrangement: Optional[int] = None
+        self.previousArrangement: int | None = None
 
     def show(self, scene, volumeNodes: tuple[Any, Any, Any], sliceLogics=None) -> None:
         layoutNode = scene.GetSingletonNode("vtkMRMLLayoutNode", "vtkMRMLLayoutNode")

@@ -20,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 from .progress import JsonLinesParser, ProgressEvent
 
@@ -40,15 +39,15 @@ class ProcessRunner:
     """One child process with JSON-lines progress on stdout and free text on stderr."""
 
     def __init__(
-        self, command: Sequence[str], env: Optional[dict[str, str]] = None, cwd: Optional[str] = None
+        self, command: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None
     ):
         self.command = [str(part) for part in command]
         self.env = env
         self.cwd = cwd
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
         self.events: list[ProgressEvent] = []
         self.log: list[str] = []
-        self.returncode: Optional[int] = None
+        self.returncode: int | None = None
         self.cancelled = False
         self._queue: queue.Queue = queue.Queue()
         self._parser = JsonLinesParser()
@@ -129,7 +128,7 @@ class ProcessRunner:
                 new_events.extend(self.poll())
         return new_events
 
-    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> int:
+    def wait(self, timeout: float | None = None, interval: float = 0.05) -> int:
         """Block until the child exits (polling so that progress keeps being parsed); the exit code."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -162,7 +161,7 @@ class ProcessRunner:
 
     # -- outcome ---------------------------------------------------------------------------------
     @property
-    def lastEvent(self) -> Optional[ProgressEvent]:
+    def lastEvent(self) -> ProgressEvent | None:
         return self.events[-1] if self.events else None
 
     def result(self) -> ProgressEvent:

@@ -10,17 +10,17 @@ download can never replace a running segmentation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 from .runner import ProcessRunner
 
 
 class Task(Protocol):
-    fraction: Optional[float]
+    fraction: float | None
     statusText: str
     cancellable: bool
     result: Any
-    error: Optional[BaseException]
+    error: BaseException | None
 
     def poll(self) -> bool: ...
 
@@ -35,9 +35,9 @@ class TaskSlot:
     """Holds at most one running task with a name ("segment", "download", …) and a completion handler."""
 
     def __init__(self) -> None:
-        self.task: Optional[Task] = None
-        self.kind: Optional[str] = None
-        self._onDone: Optional[Callable[[Task], None]] = None
+        self.task: Task | None = None
+        self.kind: str | None = None
+        self._onDone: Callable[[Task], None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -60,7 +60,7 @@ class TaskSlot:
             onDone(task)
         return True
 
-    def cancel(self) -> Optional[Task]:
+    def cancel(self) -> Task | None:
         """Cancel the running task (its handler is not called); the cancelled task, or None."""
         task = self.task
         if task is None or not task.cancellable:
@@ -74,19 +74,19 @@ class ProbeTask:
     """A short child process of the engine's interpreter that answers with one ``done`` event; its
     ``outputs`` are turned into ``result`` by ``parse``."""
 
-    fraction: Optional[float] = None
+    fraction: float | None = None
     cancellable = True
 
     def __init__(
         self,
         command: Sequence[str],
-        env: Optional[dict[str, str]],
+        env: dict[str, str] | None,
         parse: Callable[[dict[str, str]], Any],
         statusText: str,
     ):
         self.statusText = statusText
         self.result: Any = None
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
         self.finished = False
         self._parse = parse
         self.runner = ProcessRunner(command, env=env)

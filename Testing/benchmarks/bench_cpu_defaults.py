@@ -117,7 +117,7 @@ def main() -> int:
 
     use_huge_pages()  # as the `mambamim` command line does, before torch is imported
     import torch
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
     from mambamim.infer.package import LoadedPackage, load_package
 
     cores = os.cpu_count() or 1

@@ -20,7 +20,7 @@ Timings are only meaningful on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import math
 import os
@@ -41,8 +41,8 @@ def run_model(package_path: Path, image, reference, spacing: float, policies) ->
     from mambamim.infer.segment import segment_image
 
     loaded = load_package(package_path)
-    card = copy.deepcopy(loaded.card)
-    card["input"]["spacing"] = [spacing] * 3
+    spec = dataclasses.replace(loaded.card.input, spacing=(spacing,) * 3)
+    card = dataclasses.replace(loaded.card, input=spec)
     package = LoadedPackage(model=loaded.model, card=card, path=loaded.path)
     runs, labels = {}, {}
     for policy in policies:
@@ -92,7 +92,7 @@ def main() -> int:
 
     use_huge_pages()  # as the `mambamim` command line does, before torch is imported
     import torch
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
 
     if args.threads:
         torch.set_num_threads(args.threads)

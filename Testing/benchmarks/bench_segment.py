@@ -50,7 +50,7 @@ def child(spec: dict) -> dict:
     use_huge_pages()  # as the `mambamim` command line does, before torch is imported
     import torch
     from mambamim.data.intensity import CT_WINDOW
-    from mambamim.infer.package import LoadedPackage, make_card
+    from mambamim.infer.package import in_memory_package, make_card
     from mambamim.infer.segment import segment_file
 
     torch.manual_seed(0)
@@ -66,8 +66,7 @@ def child(spec: dict) -> dict:
         roi_size=[96, 96, 96],
         overlap=0.5,
     )
-    card["architecture"] = {"name": spec["model"], "config": {}}
-    package = LoadedPackage(model=network, card=card, path=Path(f"<{spec['model']} random weights>"))
+    package = in_memory_package(network, card, spec["model"])
     windows = []
 
     def progress(event):

@@ -470,7 +470,7 @@ def pretrain_timings(device, size: int, batches, repeats: int, report: Report) -
 
 
 def sample_image(args):
-    from mambamim.infer.io import read_image
+    from mambamim.data.imageio import read_image
 
     path = next((p for p in (PREPARED_SAMPLE, SAMPLE) if p.exists()), None)
     if path is None:
@@ -481,7 +481,7 @@ def sample_image(args):
 def whole_scan(device, sync, args, report: Report) -> list[dict[str, Any]]:
     import torch
     from mambamim.data.intensity import CT_WINDOW
-    from mambamim.infer.package import LoadedPackage, make_card
+    from mambamim.infer.package import in_memory_package, make_card
     from mambamim.infer.segment import segment_image
 
     image = sample_image(args)
@@ -494,8 +494,7 @@ def whole_scan(device, sync, args, report: Report) -> list[dict[str, Any]]:
             name=f"check-{name}", labels=labels, modality="CT", spacing=[spacing] * 3, intensity=CT_WINDOW,
             roi_size=[roi] * 3, overlap=0.5,
         )  # fmt: skip
-        card["architecture"] = {"name": name, "config": {}}
-        package = LoadedPackage(model=build(name).eval(), card=card, path=Path(f"<{name} random weights>"))
+        package = in_memory_package(build(name).eval(), card, name)
         for fast in (False, True):
             if report.over_budget():
                 raise Skip(f"time budget of {report.budget_s} s spent")
@@ -544,7 +543,7 @@ def oom_fallback(record: dict[str, Any], args) -> None:
     t = time.perf_counter()
     logits = sliding_window_logits(
         volume, network, [roi] * 3, 0.5, sw_batch_size=batch, sw_device=device, device=device,
-        notify=notes.append,
+        report=notes.append,
     )  # fmt: skip
     record.update(
         notes=notes,

@@ -90,10 +90,10 @@ def app() -> HeadlessSlicer:
 @pytest.fixture
 def logic(app, tmp_path):
     """The module's logic on the real registry, with its own model cache and temporary folder."""
-    from MambaMIMSegmenterLib import MambaMIMSegmenterLogic, ModelRegistry
+    from MambaMIMSegmenterLib import ModelRegistry, SegmenterLogic
 
     registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
-    return MambaMIMSegmenterLogic(
+    return SegmenterLogic(
         scene=app.scene, registry=registry, python=ENGINE_PYTHON, tempRoot=tmp_path / "tmp"
     )
 
@@ -143,10 +143,17 @@ def small_ct_node(app, sample_ct):
 
 
 @pytest.fixture(scope="session")
-def model_package(tmp_path_factory) -> Path:
-    """The shipped demo package when present, else a tiny HyMamba package with the BTCV labels."""
-    if (DEMO_PACKAGE / "model.json").is_file():
-        return DEMO_PACKAGE
+def demo_package() -> Path:
+    """The shipped demo package (Resources/models): real organs, for tests of what a clinician sees."""
+    if not (DEMO_PACKAGE / "model.json").is_file():
+        pytest.skip(f"the shipped demo package {DEMO_PACKAGE} is missing")
+    return DEMO_PACKAGE
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory) -> Path:
+    """A tiny, randomly initialised HyMamba package with the BTCV labels: fast, for the logic's plumbing
+    (its segmentations are noise)."""
     import json
 
     import torch
@@ -196,7 +203,7 @@ def mim_checkpoint(tmp_path_factory) -> Path:
     if shipped:
         return shipped[0]
     import torch
-    from mambamim.engine.checkpoint import save_checkpoint
+    from mambamim.checkpoint import save_checkpoint
     from mambamim.mim.model import MambaMIM
 
     torch.manual_seed(0)

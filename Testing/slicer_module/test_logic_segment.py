@@ -16,8 +16,8 @@ from MambaMIMSegmenterLib import (
     EngineCancelled,
     EngineError,
     InputError,
-    MambaMIMSegmenterLogic,
     ModelRegistry,
+    SegmenterLogic,
 )
 from MambaMIMSegmenterLib.registry import readCard
 
@@ -52,16 +52,16 @@ def _assert_on_volume_grid(segmentationNode, volumeNode, card):
 # The one full-size run (the whole sample CT through the real engine); everything else uses a crop.
 @pytest.mark.slow
 def test_segments_the_sample_ct_with_names_colours_and_exact_geometry(
-    app, logic, ct_node, model_package, tmp_path
+    app, logic, ct_node, demo_package, tmp_path
 ):
-    card = readCard(model_package)
+    card = readCard(demo_package)
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(app.scene)
     patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Anonymous")
     study = sh.CreateStudyItem(patient, "Abdomen CT")
     sh.SetItemParent(sh.GetItemByDataNode(ct_node) or sh.CreateItem(study, ct_node), study)
     events = []
     # The shipped demo is addressed by its registry id, as users do from the Python console.
-    model = "btcv-hymamba-demo" if model_package == DEMO_PACKAGE else model_package
+    model = "btcv-hymamba-demo" if demo_package == DEMO_PACKAGE else demo_package
     segmentation = logic.segment(ct_node, model, "cpu", fast=True, onProgress=events.append)
     assert segmentation.GetScene() is app.scene and segmentation.GetName() == "ct segmentation"
     _assert_on_volume_grid(segmentation, ct_node, card)
@@ -83,9 +83,9 @@ def _oblique_lps_matrix(spacing=(2.5, 3.0, 3.5), angle_deg=20.0):
 
 
 def test_oblique_lps_transformed_volume_into_an_existing_segmentation(
-    app, logic, small_ct_node, model_package
+    app, logic, small_ct_node, demo_package
 ):
-    card = readCard(model_package)
+    card = readCard(demo_package)
     array = volumeArray(small_ct_node).copy()
     volume = app.addVolumeFromArray(array, _oblique_lps_matrix(), "oblique")
     transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
@@ -94,16 +94,16 @@ def test_oblique_lps_transformed_volume_into_an_existing_segmentation(
     existing.CreateDefaultDisplayNodes()
     existing.GetSegmentation().AddEmptySegment("old", "old segment")
     before = app.nodeIds()
-    result = logic.segment(volume, model_package, "cpu", fast=True, outputSegmentationNode=existing)
+    result = logic.segment(volume, demo_package, "cpu", fast=True, outputSegmentationNode=existing)
     assert result is existing
     assert existing.GetTransformNodeID() == transform.GetID(), "segments live in the input's coordinates"
     assert app.nodeIds() == before, "filling an existing segmentation must not add nodes"
     _assert_on_volume_grid(existing, volume, card)
 
 
-def test_cancel_leaves_no_node_and_no_files(app, logic, small_ct_node, model_package, tmp_path):
+def test_cancel_leaves_no_node_and_no_files(app, logic, small_ct_node, demo_package, tmp_path):
     before = app.nodeIds()
-    job = logic.segment(small_ct_node, model_package, "cpu", waitForCompletion=False)
+    job = logic.segment(small_ct_node, demo_package, "cpu", waitForCompletion=False)
     assert job.workDir.is_dir() and (job.workDir / "input.nrrd").is_file()
     assert job.poll() is False  # non-blocking: returns at once while the child runs
     job.cancel()
@@ -114,7 +114,7 @@ def test_cancel_leaves_no_node_and_no_files(app, logic, small_ct_node, model_pac
     with pytest.raises(EngineCancelled):
         job.wait()
     # A script's blocking wait that times out (or is interrupted) stops the child the same way.
-    job = logic.segment(small_ct_node, model_package, "cpu", waitForCompletion=False)
+    job = logic.segment(small_ct_node, demo_package, "cpu", waitForCompletion=False)
     with pytest.raises(TimeoutError, match="it was stopped"):
         job.wait(timeout=0.2)
     assert job.runner.process.poll() is not None and not job.workDir.exists()
@@ -138,10 +138,10 @@ def crashing_engine(tmp_path) -> str:
 
 
 def test_crashed_child_gives_a_clear_error_and_leaves_nothing(
-    app, small_ct_node, model_package, tmp_path, crashing_engine
+    app, small_ct_node, demo_package, tmp_path, crashing_engine
 ):
     registry = ModelRegistry(ROOT / "Resources" / "models.json", tmp_path / "cache")
-    logic = MambaMIMSegmenterLogic(
+    logic = SegmenterLogic(
         scene=app.scene,
         registry=registry,
         python=ENGINE_PYTHON,
@@ -150,17 +150,17 @@ def test_crashed_child_gives_a_clear_error_and_leaves_nothing(
     )
     before = app.nodeIds()
     with pytest.raises(EngineError, match=r"(?s)exit code 139.*Segmentation fault \(simulated\)"):
-        logic.segment(small_ct_node, model_package, "cpu")
+        logic.segment(small_ct_node, demo_package, "cpu")
     assert app.nodeIds() == before
     assert not any((tmp_path / "tmp").iterdir())
 
 
-def test_engine_error_is_reported(app, logic, small_ct_node, model_package, tmp_path):
+def test_engine_error_is_reported(app, logic, small_ct_node, demo_package, tmp_path):
     """A package whose weights were replaced: the real engine refuses it and says why."""
     import shutil
 
     broken = tmp_path / "broken"
-    shutil.copytree(model_package, broken)
+    shutil.copytree(demo_package, broken)
     card = readCard(broken)
     (broken / card["weights"]["file"]).write_bytes(b"not the weights")
     before = app.nodeIds()
@@ -170,7 +170,7 @@ def test_engine_error_is_reported(app, logic, small_ct_node, model_package, tmp_
 
 
 def test_bad_inputs_are_refused_before_anything_starts(
-    app, logic, small_ct_node, model_package, data_dir, tmp_path
+    app, logic, small_ct_node, demo_package, data_dir, tmp_path
 ):
     before = app.nodeIds()
     array = volumeArray(small_ct_node)
@@ -202,10 +202,10 @@ def test_bad_inputs_are_refused_before_anything_starts(
     ]
     for node, message in cases:
         with pytest.raises(InputError, match=message):
-            logic.segment(node, model_package, "cpu")
+            logic.segment(node, demo_package, "cpu")
     with pytest.raises(InputError, match="device must be one of auto, cuda, cpu"):
-        logic.segment(small_ct_node, model_package, "gpu")
+        logic.segment(small_ct_node, demo_package, "gpu")
     with pytest.raises(InputError, match=r"overlap must be in \[0, 1\)"):
-        logic.segment(small_ct_node, model_package, "cpu", overlap=1.5)
+        logic.segment(small_ct_node, demo_package, "cpu", overlap=1.5)
     assert app.nodeIds() - before == created, "a refused input must not add nodes"
     assert not (tmp_path / "tmp").exists() or not any((tmp_path / "tmp").iterdir())

@@ -52,10 +52,15 @@ def _write_registry(folder: Path, *entries: dict) -> Path:
 def _make_package(folder: Path, weights: bytes = b"weights-bytes" * 100) -> tuple[Path, str]:
     folder.mkdir(parents=True)
     (folder / "weights.safetensors").write_bytes(weights)
-    card = {
+    card = {  # a complete card (Resources/model_card.schema.json), as the engine writes them
+        "format_version": 1,
         "name": "Tiny demo",
         "version": "2.0",
-        "input": {"modality": "CT"},
+        "architecture": {"name": "hymamba", "config": {"out_channels": 2}},
+        "input": {
+            "channels": 1, "modality": "CT", "spacing": [1.5, 1.5, 1.5], "roi_size": [96, 96, 96],
+            "intensity": {"type": "window", "lower": -175.0, "upper": 250.0}, "overlap": 0.5,
+        },
         "labels": [{"value": 1, "name": "liver", "color": [221, 130, 101]}],
         "license": "CC-BY-4.0",
         "weights": {"file": "weights.safetensors", "sha256": _sha(weights)},
@@ -226,3 +231,15 @@ def test_import_model_for_offline_sites(tmp_path):
     with pytest.raises(RegistryError, match=r"no model\.json"):
         registry.importModel(tmp_path / "usb")
     assert [e.id for e in registry.importedEntries()] == [entry.id]
+
+
+def test_a_card_missing_what_the_engine_needs_is_refused_by_the_schema(tmp_path):
+    from MambaMIMSegmenterLib.registry import RegistryError, readCard
+
+    folder, _ = _make_package(tmp_path / "pkg")
+    card = json.loads((folder / "model.json").read_text())
+    del card["input"]["spacing"]
+    card["labels"][0]["color"] = [0, 0, 300]
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(RegistryError, match=r"input: 'spacing' is a required property.*labels/0/color/2"):
+        readCard(folder)

@@ -62,12 +62,12 @@ def _label_map(segmentation, volume, card_labels) -> np.ndarray:
     return labels
 
 
-def test_segment_result_in_the_three_slice_views_and_3d(app, logic, ct_node, model_package):
+def test_segment_result_in_the_three_slice_views_and_3d(app, logic, ct_node, demo_package):
     from MambaMIMSegmenterLib.registry import readCard
 
-    card = readCard(model_package)
+    card = readCard(demo_package)
     colours = {label["value"]: np.array(label["color"], float) for label in card["labels"]}
-    segmentation = logic.segment(ct_node, model_package, "cpu", fast=True)
+    segmentation = logic.segment(ct_node, demo_package, "cpu", fast=True)
     views = [
         offscreen.SliceView(app, "Red", "Axial"),
         offscreen.SliceView(app, "Yellow", "Sagittal"),

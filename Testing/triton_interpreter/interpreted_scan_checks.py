@@ -2,7 +2,7 @@
 
 Not collected by the main test run (the file name does not start with ``test_``): Triton reads
 ``TRITON_INTERPRET`` when a kernel is decorated, so these checks need a fresh process that sets it
-before anything imports Triton. ``Testing/test_selective_scan_triton.py`` runs this file that way:
+before anything imports Triton. ``Testing/ops/test_selective_scan_triton.py`` runs this file that way:
 
     TRITON_INTERPRET=1 python -m pytest Testing/triton_interpreter/interpreted_scan_checks.py
 """

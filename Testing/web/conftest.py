@@ -21,7 +21,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -71,7 +70,7 @@ def free_port() -> int:
 class WebServer:
     """``mambamim web`` in its own process group (so teardown also ends the engine's children)."""
 
-    def __init__(self, sample: Path, token: Optional[str] = None, log_dir: Optional[Path] = None):
+    def __init__(self, sample: Path, token: str | None = None, log_dir: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.token = token
@@ -86,7 +85,7 @@ class WebServer:
             command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
 
-    def status(self, path: str = "index.html") -> Optional[int]:
+    def status(self, path: str = "index.html") -> int | None:
         try:
             with urllib.request.urlopen(self.url + path, timeout=5) as response:
                 return response.status
@@ -139,7 +138,7 @@ def browser():
         browser.close()
 
 
-def start_server(sample: Path, tmp_path_factory, token: Optional[str] = None) -> Iterator[WebServer]:
+def start_server(sample: Path, tmp_path_factory, token: str | None = None) -> Iterator[WebServer]:
     server = WebServer(sample, token, tmp_path_factory.mktemp("web"))
     try:
         server.wait_ready()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import zipfile
 
 import numpy as np
 from conftest import chromatic, match_card_colours, segment_views, view_pixels, visible_views, wait_for
 
 ENGINE_TIMEOUT = 240  # the demo model on the sample takes ~30 s on 2 free cores; CI machines are shared
+# An upload answers once the scan is loaded (a DICOM series is read, converted and loaded: 10-40 s shared).
+UPLOAD_TIMEOUT_MS = 120_000
 
 
 def _rgb(css: str) -> tuple[int, int, int]:
@@ -73,11 +76,40 @@ def test_segment_sample_shows_card_names_and_colours(page, demo_labels):
     seg = page.request.get(page.url.split("?")[0].rsplit("/", 1)[0] + "/download/seg.nrrd")
     assert seg.status == 200 and b"Segment0_Name:=spleen" in seg.body()[:20000]
 
-    # 3-D surfaces on demand. The server builds them (closed-surface representation, 3-D visibility),
-    # but with trame-slicer 2.0 on this machine the streamed 3-D view has not shown them yet, so only
-    # the control is checked here; the 3-D pixel check is still to do.
+    # Slicer's own segment display: hiding a segment in the list hides it in the views.
+    def liver_pixels() -> int:
+        matched = match_card_colours(view_pixels(coronal), colours)
+        return int((matched == names.index("liver")).sum())
+
+    names = [label["name"] for label in demo_labels]
+    liver_shown = liver_pixels()
+    assert liver_shown > 100
+    liver_row = page.locator("#segment-list tr", has_text="liver").first
+    liver_row.locator("input[type=checkbox]").click()
+    wait_for(lambda: liver_pixels() < 0.05 * liver_shown, 30, "the liver to disappear from the coronal view")
+    liver_row.locator("input[type=checkbox]").click()
+    wait_for(lambda: liver_pixels() > 0.5 * liver_shown, 30, "the liver to come back")
+
+    # DICOM SEG needs a scan from a DICOM series: the button is off and says why.
+    assert page.locator("#download-dicom-seg").is_disabled()
+    assert "DICOM series" in page.locator("#dicom-seg-reason").inner_text()
+
+    # 3-D surfaces on demand, translucent (opacity 0.6: eight steps of 0.05 down from 1), in card colours.
+    threed = views["threed"]
+    assert chromatic(view_pixels(threed)).mean() < 0.001
+    thumb = page.locator("#segment-list [role=slider]").first
+    thumb.focus()
+    for _ in range(8):
+        thumb.press("ArrowLeft")
+    wait_for(lambda: thumb.get_attribute("aria-valuenow") == "0.6", 10, "the opacity slider at 0.6")
     page.locator("#surfaces").click()
-    wait_for(lambda: "hide" in page.locator("#surfaces").inner_text().lower(), 60, "the surfaces to be built")
+    wait_for(lambda: _coloured_fraction(threed) > 0.02, 90, "segment surfaces in the 3-D view")
+    surfaces = match_card_colours(view_pixels(threed), colours)
+    assert (surfaces >= 0).mean() > 0.9, "3-D pixels that are no card colour"
+    shown_3d = {names[i] for i in set(surfaces[surfaces >= 0].tolist())}
+    assert {"liver", "spleen"} <= shown_3d, f"expected the large organs in 3-D, saw {shown_3d}"
+    if os.environ.get("MAMBAMIM_WEB_SCREENSHOT"):  # the README's picture: this state of the page
+        page.screenshot(path=os.environ["MAMBAMIM_WEB_SCREENSHOT"])
 
 
 def test_cancel_leaves_no_segmentation(page):
@@ -141,7 +173,7 @@ def test_upload_rejects_unknown_files(page, web_app):
 
 def test_upload_nifti_and_zipped_dicom(page, web_app, sample_scan, tmp_path):
     upload = web_app.url + "upload?name=uploaded_ct.nii.gz"
-    response = page.request.post(upload, data=sample_scan.read_bytes())
+    response = page.request.post(upload, data=sample_scan.read_bytes(), timeout=UPLOAD_TIMEOUT_MS)
     assert response.status == 200, response.text()
     wait_for(lambda: page.locator("#volume-name").inner_text().strip() == "uploaded_ct", 30, "the upload")
 
@@ -149,7 +181,9 @@ def test_upload_nifti_and_zipped_dicom(page, web_app, sample_scan, tmp_path):
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in sorted((sample_scan.parent / "dicom").iterdir()):
             zipped.write(path, f"study/series/{path.name}")
-    response = page.request.post(web_app.url + "upload?name=series.zip", data=archive.read_bytes())
+    response = page.request.post(
+        web_app.url + "upload?name=series.zip", data=archive.read_bytes(), timeout=UPLOAD_TIMEOUT_MS
+    )
     assert response.status == 200, response.text()
     wait_for(lambda: page.locator("#volume-name").inner_text().strip() == "series", 60, "the DICOM upload")
     # The DICOM series is 512 x 512 x 20: its axial view shows the scan.

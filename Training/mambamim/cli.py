@@ -2,7 +2,8 @@
 
 Each command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 Command modules import only argparse-level code at top level (heavy imports live inside ``run``),
-so building the parser stays fast.
+so building the parser stays fast. User-facing errors (:mod:`mambamim.errors`) are reported here, as one
+line; ``segment`` and ``reconstruct`` end their progress stream with the same errors themselves.
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mambamim.cpu_memory import use_huge_pages
 
     use_huge_pages()  # before anything imports torch (see mambamim.cpu_memory)
+    from mambamim.errors import USER_ERRORS
+
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    except USER_ERRORS as err:  # the user's to fix: one line; anything else is a bug and keeps its traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1

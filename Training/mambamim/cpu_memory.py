@@ -38,3 +38,12 @@ def huge_page_report() -> dict:
     except (OSError, ValueError):
         kernel = "unknown"
     return {"requested": os.environ.get(ENV_VAR) == "1", "kernel": kernel}
+
+
+def format_bytes(n: float) -> str:
+    """A byte count for people: ``1.5 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 import vtk
-from MambaMIMSegmenterLib import InputError, JsonLinesParser, MambaMIMSegmenterLogic
+from MambaMIMSegmenterLib import InputError, JsonLinesParser, SegmenterLogic
 from MambaMIMSegmenterLib.results import addSegmentation, buildSegmentation
 from MambaMIMSegmenterLib.volumeio import readVolume, writeVolume
 
@@ -69,7 +69,7 @@ class MambaMIMSegmenterLibTest(unittest.TestCase):
         self.assertIn("10200004", segmentation.GetSegmentation().GetSegment("liver").GetTerminology())
 
     def test_bad_inputs_are_refused(self):
-        logic = MambaMIMSegmenterLogic()
+        logic = SegmenterLogic()
         with self.assertRaises(InputError):
             logic.segment(None, logic.registry.entries("segmentation")[0], "cpu")
         labelNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "lab")

@@ -17,14 +17,9 @@ line breaks.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-from mambamim.engine.cli_args import intensity_spec, spacing
-
-REMOVAL = "the next release"
+from mambamim.commands.cli_args import REMOVAL, deprecation_notice, intensity_spec, spacing  # noqa: F401
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -41,14 +36,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return text + " (default: %(default)s)"
 
 
-def deprecation_notice(old: str, new: str) -> None:
-    print(f"note: {old} is deprecated and will be removed in {REMOVAL}; use {new}", file=sys.stderr)
-
-
 class DeprecatedAlias(argparse.Action):
     """An old option name: says so, converts like the new one and stores into the new one's ``dest``."""
 
-    def __init__(self, option_strings, dest, replacement: str = "", convert: Optional[Callable] = None,
+    def __init__(self, option_strings, dest, replacement: str = "", convert: Callable | None = None,
                  **kwargs) -> None:  # fmt: skip
         self.replacement = replacement
         self.convert = convert
@@ -64,7 +55,7 @@ class DeprecatedAlias(argparse.Action):
 
 
 def add_alias(
-    container, old: str, new: str, dest: str, convert: Optional[Callable] = None, nargs=None
+    container, old: str, new: str, dest: str, convert: Callable | None = None, nargs=None
 ) -> None:
     """Register the hidden old spelling ``old`` of option ``new`` (same ``dest``)."""
     container.add_argument(
@@ -86,29 +77,13 @@ def roi_size(text: str) -> list[int]:
 
 
 def add_training_aliases(parser: argparse.ArgumentParser) -> None:
-    """Old spellings of the options :func:`mambamim.engine.cli_args.add_common_arguments` adds."""
+    """Old spellings of the options :func:`mambamim.commands.cli_args.add_common_arguments` adds."""
     add_alias(parser, "--crop-size", "--roi-size", "roi", int)
 
 
 def legacy_intensity(text: str) -> dict[str, Any]:
-    """:func:`intensity_spec`, or (deprecated, ``package``'s old syntax) ``mr`` or a JSON spec."""
-    from mambamim.data.intensity import MR_ZSCORE, validate_intensity_spec
-
-    try:
-        return intensity_spec(text)
-    except argparse.ArgumentTypeError as err:
-        if text == "mr":
-            deprecation_notice("--intensity mr", "--intensity zscore")
-            return dict(MR_ZSCORE)
-        try:
-            source = Path(text).read_text() if len(text) < 1024 and Path(text).is_file() else text
-            spec = validate_intensity_spec(json.loads(source))
-        except (OSError, ValueError):  # JSONDecodeError is a ValueError
-            raise err from None
-        deprecation_notice(
-            "--intensity as JSON", "--intensity window:LOWER:UPPER (or ct, zscore, clip_zscore:...)"
-        )
-        return spec
+    """:func:`intensity_spec` (which also takes, with a notice, ``package``'s old ``mr`` and JSON specs)."""
+    return intensity_spec(text)
 
 
 class ThreeValues(argparse.Action):

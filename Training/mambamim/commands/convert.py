@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mambamim.errors import InvalidInput
+
 HELP = "convert an authors' checkpoint (MambaMIM/HyMamba or a Taming Mambas nnU-Net .pth) to safetensors"
-SOURCES = ("mambamim", "taming-nnunet")  # mirrors mambamim.nn.convert.SOURCES (no torch import here)
+SOURCES = ("mambamim", "taming-nnunet")  # mirrors mambamim.infer.convert.SOURCES (no torch import here)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,25 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import sys
 
-    from mambamim.nn.convert import ConversionError, convert_checkpoint
+    from mambamim.infer.convert import convert_checkpoint
 
-    try:
-        if args.out.suffix != ".safetensors":
-            raise ValueError(f"output {args.out} must end in .safetensors")
-        if args.out.exists() and not args.overwrite:
-            raise FileExistsError(f"output {args.out} already exists; pass --overwrite to replace it")
-        config = None
-        if args.model_config:
-            try:
-                config = json.loads(args.model_config)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"--model-config is not valid JSON ({err})") from None
-        conversion = convert_checkpoint(args.checkpoint, args.source, args.out, config, args.model)
-    except (ConversionError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.out.suffix != ".safetensors":
+        raise InvalidInput(f"output {args.out} must end in .safetensors")
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"output {args.out} already exists; pass --overwrite to replace it")
+    config = None
+    if args.model_config:
+        try:
+            config = json.loads(args.model_config)
+        except json.JSONDecodeError as err:
+            raise InvalidInput(f"--model-config is not valid JSON ({err})") from None
+    conversion = convert_checkpoint(args.checkpoint, args.source, args.out, config, args.model)
     print(conversion.summary())
     print(f"wrote {args.out}")
     return 0

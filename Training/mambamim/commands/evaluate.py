@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mambamim.errors import InvalidInput
+
 HELP = "per-case, per-class Dice and HD95 (mm) of predictions against reference label maps, as CSV"
 
 
@@ -28,25 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import sys
 
+    from mambamim.data.labels import parse_labels
     from mambamim.infer.evaluate import evaluate_paths, format_summary, summarize, write_rows_csv
-    from mambamim.infer.package import PackageError, parse_labels
 
-    try:
-        if args.out.exists() and not args.overwrite:
-            raise FileExistsError(f"output {args.out} already exists; pass --overwrite to replace it")
-        labels = None
-        if args.labels is not None:
-            try:
-                labels = parse_labels(json.loads(args.labels.read_text()))
-            except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"--labels {args.labels}: cannot read label JSON ({err})") from None
-        rows = evaluate_paths(args.pred, args.ref, labels)
-        write_rows_csv(rows, args.out, overwrite=args.overwrite)
-    except (ValueError, OSError, PackageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"output {args.out} already exists; pass --overwrite to replace it")
+    labels = None
+    if args.labels is not None:
+        try:
+            labels = parse_labels(json.loads(args.labels.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise InvalidInput(f"--labels {args.labels}: cannot read label JSON ({err})") from None
+    rows = evaluate_paths(args.pred, args.ref, labels)
+    write_rows_csv(rows, args.out, overwrite=args.overwrite)
     print(format_summary(summarize(rows)))
     print(f"{len({r['case'] for r in rows})} case(s); per-case rows in {args.out}")
     return 0

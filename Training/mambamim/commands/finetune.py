@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 
 from mambamim.commands.aliases import add_alias, add_training_aliases
-from mambamim.engine.cli_args import (
-    USER_ERRORS,
+from mambamim.commands.cli_args import (
     add_common_arguments,
     common_overrides,
     exit_code,
     json_object,
-    report_error,
 )
 
 HELP = "Fine-tune a segmentation network (optionally from a MambaMIM encoder) and write a model package."
@@ -62,16 +60,13 @@ def run(args: argparse.Namespace) -> int:
         "fold", "val_every", "overlap", "sw_batch", "package_name", "modality", "training_data", "license",
     )  # fmt: skip
     explicit = {name: getattr(args, name) for name in names}
-    try:
-        config = make_config(
-            args.preset, data=args.data, model=args.model_config, **explicit, **common_overrides(args)
-        )
-        result = run_finetune(
-            config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
-            overwrite=args.overwrite, show_bar=not args.no_progress, package_dir=args.package,
-        )  # fmt: skip
-    except USER_ERRORS as exc:
-        return report_error(exc)
+    config = make_config(
+        args.preset, data=args.data, model=args.model_config, **explicit, **common_overrides(args)
+    )
+    result = run_finetune(
+        config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
+        overwrite=args.overwrite, show_bar=not args.no_progress, package_dir=args.package,
+    )  # fmt: skip
     if result.best_dice is not None:
         print(f"best validation mean Dice {result.best_dice:.4f}; package: {result.package}")
     return exit_code(result.status)

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from mambamim.commands.aliases import ThreeValues, legacy_intensity, roi_size
-from mambamim.engine.cli_args import spacing
+from mambamim.commands.cli_args import spacing
+from mambamim.errors import InvalidInput, Unavailable
 
 HELP = "build a model package (weights.safetensors + model.json) from a fine-tuning checkpoint or nnU-Net"
 
@@ -66,30 +67,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from mambamim.infer.package import PackageError
-
-    try:
-        path = _from_nnunet(args) if args.from_nnunet is not None else _build(args)
-    except ImportError as err:
-        print(f"error: --from-nnunet needs nnU-Net v2 (extra [nnunet]): {err}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError, PackageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    path = _from_nnunet(args) if args.from_nnunet is not None else _build(args)
     print(f"wrote model package {path}")
     return 0
 
 
 def _from_nnunet(args: argparse.Namespace) -> Path:
     from mambamim.infer.package import write_zip
-    from mambamim.nnunet.package import package_from_nnunet
 
-    path = package_from_nnunet(
-        args.from_nnunet, args.out, fold=args.fold, name=args.name, version=args.version,
-        license=args.license or "unspecified", overwrite=args.overwrite,
-    )  # fmt: skip
+    try:  # nnU-Net v2 is imported where the conversion needs it
+        from mambamim.nnunet.package import package_from_nnunet
+
+        path = package_from_nnunet(
+            args.from_nnunet, args.out, fold=args.fold, name=args.name, version=args.version,
+            license=args.license or "unspecified", overwrite=args.overwrite,
+        )  # fmt: skip
+    except ImportError as err:
+        raise Unavailable(f"--from-nnunet needs nnU-Net v2 (extra [nnunet]): {err}") from None
     if args.zip:
         write_zip(path, path.with_name(path.name + ".zip"), overwrite=args.overwrite)
     return path
@@ -98,16 +92,7 @@ def _from_nnunet(args: argparse.Namespace) -> Path:
 def _build(args: argparse.Namespace) -> Path:
     import json
 
-    from mambamim.data.intensity import CT_WINDOW, MR_ZSCORE
-    from mambamim.engine.checkpoint import load_checkpoint
-    from mambamim.infer.package import make_card, save_package, write_zip
-
-    payload = load_checkpoint(args.checkpoint, expected_format="mambamim-finetune")
-    config = payload.get("config") or {}
-    if not config.get("model_name") or "model" not in payload:
-        raise ValueError(f"checkpoint {args.checkpoint} lacks config.model_name or the model state dict")
-    # Fine-tuning stores its settings under config.training; flags given here take precedence.
-    training = {**config, **(config.get("training") or {})}
+    from mambamim.infer.package import package_checkpoint, write_zip
 
     def json_arg(value, what: str):
         """JSON from a file path, or the argument itself as inline JSON."""
@@ -120,43 +105,24 @@ def _build(args: argparse.Namespace) -> Path:
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{what} {value}: not valid JSON ({err})") from None
+            raise InvalidInput(f"{what} {value}: not valid JSON ({err})") from None
 
-    labels = json_arg(args.labels, "--labels") if args.labels is not None else training.get("labels")
-    if not labels:
-        raise ValueError(f"checkpoint {args.checkpoint} has no label table; pass --labels")
-    modality = args.modality or training.get("modality", "CT")
-    default_intensity = dict(CT_WINDOW if modality == "CT" else MR_ZSCORE)
-    intensity = args.intensity or training.get("intensity") or default_intensity
-    roi = args.roi_size or training.get("roi_size") or int(training.get("roi", 96))
-    if isinstance(roi, int):
-        roi = [roi] * 3
-    if args.metrics is not None:
-        metrics = json_arg(args.metrics, "--metrics")
-    else:
-        metrics = training.get("metrics") or (payload.get("extra") or {}).get("metrics") or {}
-    card = make_card(
-        name=args.name or args.out.name,
-        labels=labels,
-        modality=modality,
-        spacing=args.spacing or training.get("spacing") or [1.5, 1.5, 1.5],
-        intensity=intensity,
-        roi_size=roi,
-        overlap=args.overlap if args.overlap is not None else float(training.get("overlap", 0.5)),
-        version=args.version,
-        license=args.license or training.get("license") or "unspecified",
-        training_data=args.training_data or training.get("training_data") or "",
-        metrics=metrics,
-        description=args.description,
-    )
-    # DDP checkpoints prefix every key with "module."; packages hold the bare network's names.
-    state = {k.removeprefix("module."): v for k, v in payload["model"].items()}
-    path = save_package(
+    # Flags given here take precedence over the run's settings stored in the checkpoint.
+    path = package_checkpoint(
+        args.checkpoint,
         args.out,
-        model_name=config["model_name"],
-        model_config=config.get("model_config") or {},
-        state_dict=state,
-        card=card,
+        labels=json_arg(args.labels, "--labels") if args.labels is not None else None,
+        name=args.name or args.out.name,
+        version=args.version,
+        modality=args.modality,
+        spacing=args.spacing,
+        intensity=args.intensity,
+        roi_size=args.roi_size,
+        overlap=args.overlap,
+        license=args.license,
+        training_data=args.training_data,
+        metrics=json_arg(args.metrics, "--metrics") if args.metrics is not None else None,
+        description=args.description,
         overwrite=args.overwrite,
     )
     if args.zip:

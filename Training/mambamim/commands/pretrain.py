@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 
 from mambamim.commands.aliases import add_training_aliases
-from mambamim.engine.cli_args import (
-    USER_ERRORS,
+from mambamim.commands.cli_args import (
     add_common_arguments,
     common_overrides,
     exit_code,
     json_object,
-    report_error,
 )
 
 HELP = "Pre-train a HyMamba encoder with MambaMIM on unlabelled scans (CPU, one GPU, or torchrun)."
@@ -52,12 +50,9 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.encoder_config is not None:
         model["encoder_config"] = args.encoder_config
-    try:
-        config = make_config(args.preset, data=args.data, model=model, **common_overrides(args))
-        result = run_pretrain(
-            config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
-            overwrite=args.overwrite, show_bar=not args.no_progress,
-        )  # fmt: skip
-    except USER_ERRORS as exc:
-        return report_error(exc)
+    config = make_config(args.preset, data=args.data, model=model, **common_overrides(args))
+    result = run_pretrain(
+        config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
+        overwrite=args.overwrite, show_bar=not args.no_progress,
+    )  # fmt: skip
     return exit_code(result.status)

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace, reporter, cancel) -> dict[str, str]:
     import sys
 
-    from mambamim.mim.reconstruct import reconstruct_file
+    from mambamim.infer.reconstruct import reconstruct_file
 
     result = reconstruct_file(
         args.checkpoint,

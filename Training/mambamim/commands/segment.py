@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 
 from mambamim.commands.aliases import add_alias
+from mambamim.errors import InvalidInput
 
 HELP = "segment a NIfTI/NRRD/MGH file, a DICOM folder or a folder of volumes with a model package"
 
-# The built-in demonstration package (issue 4, section 5), used when --model is not given.
+# The built-in demonstration package, used when --model is not given.
 DEMO_PACKAGE = Path(__file__).resolve().parents[3] / "Resources" / "models" / "btcv-hymamba-demo"
 
 
@@ -138,9 +139,9 @@ def _cpu_threads(args: argparse.Namespace) -> None:
 
 
 def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> dict[str, str]:
+    from mambamim.data.imageio import is_dicom_folder
     from mambamim.infer.batch import segment_folder
     from mambamim.infer.evaluate import format_dice_table
-    from mambamim.infer.io import is_dicom_folder
 
     model = args.model or [DEMO_PACKAGE]
     _cpu_threads(args)
@@ -163,9 +164,9 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
     )
     if args.input.is_dir() and not is_dicom_folder(args.input):
         if args.reference is not None:
-            raise ValueError("--reference works with one input volume; use `mambamim evaluate` for folders")
+            raise InvalidInput("--reference works with one input volume; use `mambamim evaluate` for folders")
         if args.save_probabilities not in (None, True):
-            raise ValueError(
+            raise InvalidInput(
                 "in batch mode --save-probabilities takes no file name (one .npz beside each label map)"
             )
         rows, csv_path = segment_folder(

@@ -18,8 +18,10 @@ import torch
 from monai.transforms import Compose
 from torch.utils.data import Dataset, Sampler
 
+from mambamim.errors import InvalidInput, MambaMIMError
 
-class NoReadableScansError(RuntimeError):
+
+class NoReadableScansError(MambaMIMError, RuntimeError):
     """Raised when none of the given scans can be read; the message lists every file and its error."""
 
 
@@ -113,7 +115,7 @@ class EpochSampler(Sampler):
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True):
         if size < 1:
-            raise ValueError("cannot sample from an empty dataset")
+            raise InvalidInput("cannot sample from an empty dataset")
         self.size, self.rank, self.world_size = size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.start = 0, 0

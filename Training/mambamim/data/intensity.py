@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mambamim.errors import InvalidInput
+
 CT_WINDOW: dict[str, Any] = {"type": "window", "lower": -175.0, "upper": 250.0}
 MR_ZSCORE: dict[str, Any] = {"type": "zscore"}
 
@@ -25,15 +27,15 @@ MR_ZSCORE: dict[str, Any] = {"type": "zscore"}
 def validate_intensity_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Return a normalised copy of ``spec`` or raise ``ValueError`` saying what is wrong."""
     if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"intensity spec must be a dict with a 'type' key, got {spec!r}")
+        raise InvalidInput(f"intensity spec must be a dict with a 'type' key, got {spec!r}")
     kind = spec["type"]
     if kind == "window":
         try:
             lower, upper = float(spec["lower"]), float(spec["upper"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"window spec needs numeric 'lower' and 'upper', got {spec!r}") from None
+            raise InvalidInput(f"window spec needs numeric 'lower' and 'upper', got {spec!r}") from None
         if not upper > lower:
-            raise ValueError(f"window intensity spec needs upper > lower, got lower={lower}, upper={upper}")
+            raise InvalidInput(f"window intensity spec needs upper > lower, got lower={lower}, upper={upper}")
         return {"type": "window", "lower": lower, "upper": upper}
     if kind == "zscore":
         return {"type": "zscore"}
@@ -41,11 +43,49 @@ def validate_intensity_spec(spec: dict[str, Any]) -> dict[str, Any]:
         try:
             values = {key: float(spec[key]) for key in ("lower", "upper", "mean", "std")}
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"clip_zscore needs numeric lower, upper, mean, std; got {spec!r}") from None
+            raise InvalidInput(f"clip_zscore needs numeric lower, upper, mean, std; got {spec!r}") from None
         if not values["upper"] > values["lower"] or not values["std"] > 0:
-            raise ValueError(f"clip_zscore spec needs upper > lower and std > 0, got {spec!r}")
+            raise InvalidInput(f"clip_zscore spec needs upper > lower and std > 0, got {spec!r}")
         return {"type": "clip_zscore", **values}
-    raise ValueError(f"unknown intensity spec type {kind!r}; valid types: 'window', 'zscore', 'clip_zscore'")
+    raise InvalidInput(
+        f"unknown intensity spec type {kind!r}; valid types: 'window', "
+        "'zscore', 'clip_zscore'"
+    )
+
+
+def parse_intensity(text: str) -> dict[str, Any]:
+    """A spec from what a user types: ``ct`` (the CT window), ``zscore`` (MRI), ``window:LOWER:UPPER``,
+    ``clip_zscore:LOWER:UPPER:MEAN:STD`` (nnU-Net's CT normalisation); also (older spellings) ``mr`` and
+    a spec as a JSON object (inline, or a file holding one)."""
+    import json
+    from pathlib import Path
+
+    named = {"ct": CT_WINDOW, "zscore": MR_ZSCORE, "mr": MR_ZSCORE}
+    if text in named:
+        return dict(named[text])
+    kind, _, rest = text.partition(":")
+    fields = {"window": ("lower", "upper"), "clip_zscore": ("lower", "upper", "mean", "std")}.get(kind)
+    parts = rest.split(":") if rest else []
+    if fields is not None and len(parts) == len(fields):
+        try:
+            return validate_intensity_spec({"type": kind, **dict(zip(fields, (float(p) for p in parts)))})
+        except ValueError:
+            pass
+    elif text.lstrip().startswith("{") or (len(text) < 1024 and Path(text).is_file()):
+        try:
+            spec = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InvalidInput(f"intensity {text!r}: not a readable JSON spec ({err})") from None
+        return validate_intensity_spec(spec)
+    raise InvalidInput(
+        "intensity must be ct, zscore, window:LOWER:UPPER (LOWER < UPPER), "
+        f"clip_zscore:LOWER:UPPER:MEAN:STD or a JSON spec, got {text!r}"
+    )
+
+
+def is_legacy_intensity(text: str) -> bool:
+    """Whether ``text`` is an older spelling :func:`parse_intensity` still takes (``mr``, JSON)."""
+    return text == "mr" or not (text in ("ct", "zscore") or text.startswith(("window:", "clip_zscore:")))
 
 
 def normalize_intensity(volume: np.ndarray | torch.Tensor, spec: dict[str, Any]) -> np.ndarray | torch.Tensor:

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mambamim.infer.io import READ_SUFFIXES, is_dicom_folder
+from mambamim.data.imageio import READ_SUFFIXES, is_dicom_folder
+from mambamim.data.labels import LabelError, parse_labels
+from mambamim.errors import InvalidInput
 
 
 def is_scan_file(path: Path) -> bool:
@@ -64,7 +66,7 @@ def load_dataset_json(path: str | os.PathLike, key: str = "training", labelled: 
     try:
         items = load_decathlon_datalist(str(path), is_segmentation=labelled, data_list_key=key)
     except (ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read data list {key!r}: {exc}") from exc
+        raise InvalidInput(f"{path}: cannot read data list {key!r}: {exc}") from exc
     # Unlabelled lists (MSD "test") are plain strings; MONAI turns them into {"image": ...}.
     return [{k: v for k, v in item.items() if k in ("image", "label")} for item in items]
 
@@ -112,7 +114,7 @@ def scan_list(source: str | os.PathLike) -> list[dict]:
             if has_list(path, key):
                 items += [{"image": it["image"]} for it in load_dataset_json(path, key, labelled=False)]
         if not items:
-            raise ValueError(f"{path}: no 'training', 'validation' or 'test' entries")
+            raise InvalidInput(f"{path}: no 'training', 'validation' or 'test' entries")
         return items
     if is_scan_file(path):
         return [{"image": str(path)}]
@@ -130,14 +132,14 @@ def kfold_split(items: Sequence[Any], folds: int = 5, fold: int = 0, seed: int =
     With a single case the case is used for both (a smoke/demo setting, stated in the run log).
     """
     if folds < 2:
-        raise ValueError(f"--folds must be at least 2, got {folds}")
+        raise InvalidInput(f"--folds must be at least 2, got {folds}")
     if not 0 <= fold < folds:
-        raise ValueError(f"--fold must be in [0, {folds - 1}], got {fold}")
+        raise InvalidInput(f"--fold must be in [0, {folds - 1}], got {fold}")
     items = list(items)
     if len(items) == 1:
         return items, items
     if len(items) < folds:
-        raise ValueError(f"{len(items)} cases cannot be split into {folds} folds; use --folds {len(items)}")
+        raise InvalidInput(f"{len(items)} cases cannot be split into {folds} folds; use --folds {len(items)}")
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     val_idx = set(order[fold::folds])
@@ -152,16 +154,14 @@ def load_label_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     The file holds ``{"1": "spleen", ...}`` (MSD style, background optional) or a list of
     ``{"value", "name", "color"?, "snomed"?}`` records; missing colours get the package palette.
     """
-    from mambamim.infer.package import PackageError, parse_labels
-
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read label names from {path}: {exc}") from exc
+        raise InvalidInput(f"cannot read label names from {path}: {exc}") from exc
     table = content.get("labels", content) if isinstance(content, dict) else content
     try:
         return parse_labels(table)
-    except PackageError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except LabelError as exc:
+        raise InvalidInput(f"{path}: {exc}") from None

@@ -55,14 +55,14 @@ def image_to_metatensor(image: Any, filename: str) -> MetaTensor:
 
 
 class LoadScand(MapTransform):
-    """Read NIfTI / NRRD / MGH / DICOM-folder scans with ``mambamim.infer.io.read_image``.
+    """Read NIfTI / NRRD / MGH / DICOM-folder scans with ``mambamim.data.imageio.read_image``.
 
     The same reader as inference, so that training and ``mambamim segment`` see identical voxels and
     geometry; it refuses 2-D/4-D, empty, constant or NaN volumes with a message naming the file.
     """
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        from mambamim.infer.io import read_image
+        from mambamim.data.imageio import read_image
 
         d = dict(data)
         for key in self.key_iterator(d):

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mambamim.errors import InvalidInput, Unavailable
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -34,9 +36,9 @@ class DistributedContext:
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> this rank's CUDA device when available, else CPU; ``cuda`` without CUDA is an error."""
     if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+        raise InvalidInput(f"--device must be auto, cpu or cuda, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but no CUDA device is available")
+        raise Unavailable("--device cuda was requested but no CUDA device is available")
     if name in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
@@ -76,15 +78,6 @@ def wrap_model(model: nn.Module, ctx: DistributedContext, find_unused_parameters
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def mean_across_ranks(value: float, ctx: DistributedContext) -> float:
-    """Average a scalar over ranks (identity in one-process runs)."""
-    if not ctx.distributed:
-        return float(value)
-    tensor = torch.tensor([float(value)], device=ctx.device)
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / ctx.world_size
 
 
 def any_rank(flag: bool, ctx: DistributedContext) -> bool:

@@ -11,42 +11,24 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.data import list_data_collate
 from torch import nn
 
-from mambamim.data.dataset import EpochSampler, VolumeDataset
-from mambamim.data.intensity import CT_WINDOW, validate_intensity_spec
+from mambamim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mambamim.data.dataset import VolumeDataset
 from mambamim.data.sources import has_list, kfold_split, load_dataset_json, load_label_table, paired_folders
 from mambamim.data.transforms import finetune_transforms, validation_transforms
-from mambamim.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mambamim.engine.distributed import (
-    DistributedContext,
-    init_distributed,
-    shutdown_distributed,
-    wrap_model,
-)
-from mambamim.engine.loop import LoopState, TrainingLoop
-from mambamim.engine.monitor import TrainingMonitor
-from mambamim.engine.schedule import GroupWarmupCosine, build_optimizer
-from mambamim.engine.setup import (
-    apply_preset,
-    check_checkpoint_every,
-    config_to_dict,
-    crops_per_volume_check,
-    load_model_state,
-    start_run,
-    stderr_report,
-    write_json_atomic,
-)
-
-FINETUNE_FORMAT = "mambamim-finetune"
-FORMAT_VERSION = 1
+from mambamim.engine.distributed import DistributedContext, unwrap_model
+from mambamim.engine.loop import LoopState, LossFn, TrainingLoop
+from mambamim.engine.setup import apply_preset
+from mambamim.engine.training import ModelSetup, Run, TrainingConfig, run_training
+from mambamim.errors import InvalidInput
+from mambamim.infer.package import FINETUNE_FORMAT, package_checkpoint
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 96³, 4 crops/volume (1:1 pos/neg), batch 1 volume, AdamW 1e-4, validation overlap 0.5.
@@ -64,62 +46,46 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class FinetuneConfig:
-    """Every setting of a fine-tuning run (stored in checkpoints; ``--resume`` reuses it)."""
+class FinetuneConfig(TrainingConfig):
+    """Every setting of a fine-tuning run: the shared ones (:class:`TrainingConfig`, with fine-tuning's
+    defaults) and these; ``model`` holds constructor overrides (``out_channels`` is derived)."""
 
-    data: str = ""  # dataset.json, or an image folder paired with labels_dir
-    labels_dir: str = ""
+    labels_dir: str = ""  # with data = an image folder: the label maps, paired by name
     label_names: str = ""  # JSON label table; default: the dataset.json's "labels"
-    preset: str = "paper"
     model_name: str = "hymamba"
-    model: dict[str, Any] = field(default_factory=dict)  # constructor overrides (out_channels is derived)
     pretrained: str = ""
     freeze_encoder_epochs: int = 0
-    roi: int = 96
-    num_samples: int = 4
-    batch: int = 4  # crops per optimiser step and process
+    batch: int = 4
     epochs: int = 1000
     val_every: int = 1
-    lr: float = 1e-4
     weight_decay: float = 1e-5
     warmup_epochs: float = 0.0
     min_lr_factor: float = 0.0
-    grad_clip: float = 1.0
     folds: int = 5
     fold: int = 0
     split: str = "auto"  # "auto": the dataset's own validation list if it has one, else K-fold
-    spacing: list[float] = field(default_factory=lambda: [1.5, 1.5, 1.5])
-    intensity: dict[str, Any] = field(default_factory=lambda: dict(CT_WINDOW))
     modality: str = "CT"
     overlap: float = 0.5
     sw_batch: int = 4
-    workers: int = 4
-    seed: int = 0
-    amp: bool = True
-    cache: bool = True
-    checkpoint_every: int = 0  # optimiser steps between checkpoints (0: at the end of each epoch only)
     package_name: str = ""
     training_data: str = ""  # description for the model card
     license: str = "unspecified"
 
     def validate(self) -> None:
-        if not self.data:
-            raise ValueError("no training data given (a dataset.json, or an image folder with --labels-dir)")
-        check_checkpoint_every(self.checkpoint_every)
-        if self.epochs < 1 or self.lr <= 0 or self.val_every < 1:
-            raise ValueError("--epochs and --val-every must be >= 1 and --lr > 0")
-        if self.roi < 1 or len(self.spacing) != 3 or min(self.spacing) <= 0:
-            raise ValueError(f"bad --roi-size {self.roi} or --spacing {self.spacing}")
+        super().validate()
+        if self.val_every < 1:
+            raise InvalidInput(f"--val-every must be >= 1, got {self.val_every}")
         if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
+            raise InvalidInput(f"--overlap must be in [0, 1), got {self.overlap}")
         if self.modality not in ("CT", "MR"):
-            raise ValueError(f"--modality must be CT or MR, got {self.modality!r}")
+            raise InvalidInput(f"--modality must be CT or MR, got {self.modality!r}")
         if self.split not in ("auto", "kfold"):
-            raise ValueError(f"--split must be auto or kfold, got {self.split!r}")
+            raise InvalidInput(f"--split must be auto or kfold, got {self.split!r}")
         if self.freeze_encoder_epochs < 0 or self.freeze_encoder_epochs >= self.epochs:
-            raise ValueError(f"--freeze-encoder-epochs must be in [0, {self.epochs - 1}]")
-        self.intensity = validate_intensity_spec(self.intensity)
-        crops_per_volume_check(self.batch, self.num_samples)
+            raise InvalidInput(f"--freeze-encoder-epochs must be in [0, {self.epochs - 1}]")
+
+    def data_hint(self) -> str:
+        return "a dataset.json, or an image folder with --labels-dir"
 
 
 def make_config(preset: str = "paper", **overrides: Any) -> FinetuneConfig:
@@ -147,7 +113,10 @@ def dataset_split(config: FinetuneConfig) -> tuple[list[dict], list[dict], str]:
     elif config.labels_dir:
         items = paired_folders(config.data, config.labels_dir)
     else:
-        raise ValueError(f"{config.data}: give a dataset.json, or an image folder together with --labels-dir")
+        raise InvalidInput(
+            f"{config.data}: give a dataset.json, or an image folder together with "
+            "--labels-dir"
+        )
     train, val = kfold_split(items, config.folds, config.fold, seed=0)
     how = f"fold {config.fold} of a {config.folds}-fold split (seed 0)"
     if len(items) == 1:
@@ -158,7 +127,7 @@ def dataset_split(config: FinetuneConfig) -> tuple[list[dict], list[dict], str]:
 def label_table(config: FinetuneConfig) -> list[dict[str, Any]]:
     source = config.label_names or (config.data if config.data.lower().endswith(".json") else "")
     if not source:
-        raise ValueError('--label-names is required with image/label folders (a JSON {"1": "spleen", ...})')
+        raise InvalidInput('--label-names is required with image/label folders (a JSON {"1": "spleen", ...})')
     return load_label_table(source)
 
 
@@ -205,7 +174,7 @@ def load_pretrained(model: nn.Module, path: Path, report) -> None:
         what = "encoder keys (encoder.*)" if has_encoder else "keys"
         authors = any(k.startswith(("embeddings.", "sparse_encoder.", "mae.")) for k in weights)
         hint = "; it holds the MambaMIM authors' names: convert it first (mambamim convert --from mambamim)"
-        raise ValueError(
+        raise InvalidInput(
             f"--pretrained {path}: no {what} match this model; is it a MambaMIM encoder for this "
             f"architecture and size? ({len(result.unexpected)} unexpected, "
             f"{len(result.shape_mismatched)} shape-mismatched){hint if authors else ''}"
@@ -271,8 +240,91 @@ def _param_groups(model: nn.Module, freeze: bool) -> dict[str, list[tuple[str, n
         return {"all": named}
     encoder = [(n, p) for n, p in named if n.startswith("encoder.")]
     if not encoder:
-        raise ValueError("--freeze-encoder-epochs needs a model with an 'encoder' submodule")
+        raise InvalidInput("--freeze-encoder-epochs needs a model with an 'encoder' submodule")
     return {"encoder": encoder, "rest": [(n, p) for n, p in named if not n.startswith("encoder.")]}
+
+
+class FinetuneRecipe:
+    """Supervised fine-tuning with sliding-window validation, ending in a model package."""
+
+    checkpoint_format = FINETUNE_FORMAT
+
+    def __init__(self, package_dir: str | os.PathLike | None = None, overwrite: bool = False) -> None:
+        self.package_dir = package_dir
+        self.overwrite = overwrite
+
+    def datasets(self, run: Run) -> VolumeDataset:
+        config = run.config
+        self.labels = label_table(config)
+        train_items, val_items, self.split_how = dataset_split(config)
+        roi = (config.roi,) * 3
+        deterministic, random = finetune_transforms(roi, config.num_samples, config.spacing, config.intensity)
+        train_set = VolumeDataset(train_items, deterministic, random, config.seed, config.cache, run.report)
+        self.val_set = VolumeDataset(
+            val_items, validation_transforms(config.spacing, config.intensity, roi), None, config.seed,
+            config.cache, run.report,
+        )  # fmt: skip
+        run.report(
+            f"fine-tuning {config.model_name} on {len(train_set)} case(s), validating on {self.split_how}"
+        )
+        return train_set
+
+    def build_model(self, run: Run) -> ModelSetup:
+        from mambamim.nn import build_model
+
+        config = run.config
+        model_config = {"out_channels": max(e["value"] for e in self.labels) + 1, **config.model}
+        model = build_model(config.model_name, **model_config).to(run.ctx.device)
+        if run.payload is None and config.pretrained:
+            load_pretrained(model, Path(config.pretrained), run.report)
+        freeze = config.freeze_encoder_epochs > 0
+        return ModelSetup(
+            model,
+            {"model_name": config.model_name, "model_config": model_config},
+            param_groups=_param_groups(model, freeze),
+            frozen_epochs={"encoder": config.freeze_encoder_epochs} if freeze else {},
+            epoch_columns=["mean_dice", *(f"dice_{e['name']}" for e in self.labels)],
+            extra={"best_dice": None, "best_epoch": None, "metrics": {}},
+        )
+
+    def loss(self, run: Run, setup: ModelSetup) -> LossFn:
+        from monai.losses import DiceCELoss
+
+        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+
+        def loss_fn(net: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
+            return supervision_loss(dice_ce, net(batch["image"]), batch["label"])
+
+        return loss_fn
+
+    def on_epoch_end(self, run: Run, loop: TrainingLoop, state: LoopState) -> dict[str, Any]:
+        config = run.config
+        last = state.epoch == config.epochs
+        if not run.ctx.is_main or (state.epoch % config.val_every and not last):
+            return {}
+        metrics = validate(unwrap_model(loop.model), self.val_set, config, self.labels, run.ctx)
+        row = {"mean_dice": metrics["mean_dice"], **{f"dice_{k}": v for k, v in metrics["dice"].items()}}
+        best = state.extra.get("best_dice")
+        if not math.isnan(metrics["mean_dice"]) and (best is None or metrics["mean_dice"] > best):
+            state.extra.update(best_dice=metrics["mean_dice"], best_epoch=state.epoch, metrics=metrics)
+            save_checkpoint(run.output_dir / "best.pt", loop.payload(state))
+        loop.monitor.message(
+            f"epoch {state.epoch}: validation mean Dice {metrics['mean_dice']:.4f} "
+            f"(best {state.extra['best_dice']:.4f} at epoch {state.extra['best_epoch']})"
+        )
+        return row
+
+    def finish(self, run: Run, loop: TrainingLoop, status: str, state: LoopState) -> FinetuneResult:
+        package = None
+        if run.ctx.is_main and status == "completed":
+            package = write_package(
+                run.config, self.labels, run.output_dir, Path(self.package_dir or run.output_dir / "package"),
+                state, self.split_how, run.report, overwrite=self.overwrite or self.package_dir is None,
+            )  # fmt: skip
+        return FinetuneResult(
+            status, run.output_dir, state.step, state.epoch, state.extra.get("best_dice"),
+            state.extra.get("metrics", {}), package,
+        )  # fmt: skip
 
 
 def run_finetune(
@@ -286,121 +338,12 @@ def run_finetune(
     package_dir: str | os.PathLike | None = None,
 ) -> FinetuneResult:
     """Fine-tune as ``config`` says and write a model package (default ``<output_dir>/package``)."""
-    from monai.losses import DiceCELoss
-
-    from mambamim.nn import build_model
-
-    output_dir = Path(output_dir)
-    ctx = init_distributed(device)
-    report = stderr_report(ctx.is_main)
-    try:
-        config, payload, resume_path = start_run(
-            config, FinetuneConfig, FINETUNE_FORMAT, output_dir, resume, workers, overwrite, ctx, report
-        )
-
-        labels = label_table(config)
-        model_config = {"out_channels": max(e["value"] for e in labels) + 1, **config.model}
-        train_items, val_items, split_how = dataset_split(config)
-        roi = (config.roi,) * 3
-        deterministic, random = finetune_transforms(roi, config.num_samples, config.spacing, config.intensity)
-        train_set = VolumeDataset(train_items, deterministic, random, config.seed, config.cache, report)
-        val_set = VolumeDataset(
-            val_items, validation_transforms(config.spacing, config.intensity, roi), None, config.seed,
-            config.cache, report,
-        )  # fmt: skip
-        report(f"fine-tuning {config.model_name} on {len(train_set)} case(s), validating on {split_how}")
-
-        model = build_model(config.model_name, **model_config).to(ctx.device)
-        if payload is not None:
-            load_model_state(model, payload["model"], resume_path)
-        elif config.pretrained:
-            load_pretrained(model, Path(config.pretrained), report)
-        ddp_model = wrap_model(model, ctx)
-
-        sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, seed=config.seed)
-        batch_volumes = config.batch // config.num_samples
-        steps_per_epoch = math.ceil(sampler.per_rank / batch_volumes)
-        total_steps = steps_per_epoch * config.epochs
-        freeze = config.freeze_encoder_epochs > 0
-        optimizer = build_optimizer(_param_groups(model, freeze), config.lr, config.weight_decay)
-        scheduler = GroupWarmupCosine(
-            optimizer, round(config.warmup_epochs * steps_per_epoch), total_steps, config.min_lr_factor,
-            frozen={"encoder": config.freeze_encoder_epochs * steps_per_epoch} if freeze else {},
-        )  # fmt: skip
-        state = LoopState(extra={"best_dice": None, "best_epoch": None, "metrics": {}})
-        if payload is not None:
-            optimizer.load_state_dict(payload["optimizer"])
-            scheduler.load_state_dict(payload["scheduler"])
-            state = LoopState(
-                int(payload["epoch"]), int(payload["step"]), int(payload.get("batch_in_epoch", 0)),
-                dict(payload.get("extra") or state.extra),
-            )  # fmt: skip
-
-        training = config_to_dict(config)
-        base_payload = {
-            "format": FINETUNE_FORMAT,
-            "format_version": FORMAT_VERSION,
-            "config": {"model_name": config.model_name, "model_config": model_config, "training": training},
-        }
-        if ctx.is_main:
-            write_json_atomic(output_dir / "config.json", base_payload["config"])
-        columns = ["mean_dice", *(f"dice_{e['name']}" for e in labels)]
-        monitor = TrainingMonitor(
-            output_dir, total_steps, state.step, ctx.is_main, columns, resumed=payload is not None,
-            show_bar=show_bar,
-        )  # fmt: skip
-        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
-
-        def loss_fn(net: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
-            return supervision_loss(dice_ce, net(batch["image"]), batch["label"])
-
-        def on_epoch_end(loop_state: LoopState) -> dict[str, Any]:
-            last = loop_state.epoch == config.epochs
-            if not ctx.is_main or (loop_state.epoch % config.val_every and not last):
-                return {}
-            metrics = validate(model, val_set, config, labels, ctx)
-            row = {"mean_dice": metrics["mean_dice"], **{f"dice_{k}": v for k, v in metrics["dice"].items()}}
-            best = loop_state.extra.get("best_dice")
-            if not math.isnan(metrics["mean_dice"]) and (best is None or metrics["mean_dice"] > best):
-                loop_state.extra.update(
-                    best_dice=metrics["mean_dice"], best_epoch=loop_state.epoch, metrics=metrics
-                )
-                save_checkpoint(output_dir / "best.pt", loop.payload(loop_state))
-            monitor.message(
-                f"epoch {loop_state.epoch}: validation mean Dice {metrics['mean_dice']:.4f} "
-                f"(best {loop_state.extra['best_dice']:.4f} at epoch {loop_state.extra['best_epoch']})"
-            )
-            return row
-
-        loop = TrainingLoop(
-            model=ddp_model, optimizer=optimizer, scheduler=scheduler, ctx=ctx, dataset=train_set,
-            sampler=sampler, batch_volumes=batch_volumes, workers=config.workers, epochs=config.epochs,
-            seed=config.seed, loss_fn=loss_fn, checkpoint_dir=output_dir, base_payload=base_payload,
-            monitor=monitor, grad_clip=config.grad_clip, amp=config.amp, collate_fn=list_data_collate,
-            on_epoch_end=on_epoch_end, rng_state=payload["rng"] if payload is not None else None,
-            checkpoint_every=config.checkpoint_every,
-        )  # fmt: skip
-        try:
-            status, state = loop.run(state)
-        finally:
-            monitor.close()
-        package = None
-        if ctx.is_main and status == "completed":
-            package = write_package(
-                config, model_config, labels, output_dir, Path(package_dir or output_dir / "package"),
-                state, split_how, report, overwrite=overwrite or package_dir is None,
-            )  # fmt: skip
-        return FinetuneResult(
-            status, output_dir, state.step, state.epoch, state.extra.get("best_dice"),
-            state.extra.get("metrics", {}), package,
-        )  # fmt: skip
-    finally:
-        shutdown_distributed()
+    recipe = FinetuneRecipe(package_dir, overwrite)
+    return run_training(recipe, config, output_dir, resume, device, workers, overwrite, show_bar)
 
 
 def write_package(
     config: FinetuneConfig,
-    model_config: dict[str, Any],
     labels: Sequence[dict[str, Any]],
     output_dir: Path,
     package_dir: Path,
@@ -410,36 +353,24 @@ def write_package(
     overwrite: bool,
 ) -> Path:
     """Package the best checkpoint (the last one when no validation improved) with a model card."""
-    from mambamim.infer.package import make_card, save_package
-
     source = output_dir / "best.pt" if (output_dir / "best.pt").is_file() else output_dir / "last.pt"
-    weights = load_checkpoint(source, expected_format=FINETUNE_FORMAT)["model"]
     metrics = state.extra.get("metrics") or {}
-    card_metrics = {
-        "validation": split_how,
-        "mean_dice": metrics.get("mean_dice"),
-        "dice": metrics.get("dice", {}),
-        "best_epoch": state.extra.get("best_epoch"),
-        "epochs": config.epochs,
-        "steps": state.step,
-    }
-    card = make_card(
-        name=config.package_name or f"{config.model_name}-finetuned",
+    path = package_checkpoint(
+        source,
+        package_dir,
         labels=list(labels),
-        modality=config.modality,
-        spacing=config.spacing,
-        intensity=config.intensity,
-        roi_size=(config.roi,) * 3,
-        overlap=config.overlap,
-        license=config.license,
         training_data=config.training_data or f"fine-tuned on {config.data}",
-        metrics=card_metrics,
+        metrics={
+            "validation": split_how,
+            "mean_dice": metrics.get("mean_dice"),
+            "dice": metrics.get("dice", {}),
+            "best_epoch": state.extra.get("best_epoch"),
+            "epochs": config.epochs,
+            "steps": state.step,
+        },
         description=f"{config.model_name} fine-tuned with mambamim finetune (preset {config.preset})"
         + (f" from {Path(config.pretrained).name}" if config.pretrained else ""),
-    )
-    path = save_package(
-        package_dir, model_name=config.model_name, model_config=model_config, state_dict=weights, card=card,
         overwrite=overwrite,
-    )  # fmt: skip
+    )
     report(f"model package written to {path} (weights of {source.name})")
     return path

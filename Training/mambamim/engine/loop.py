@@ -18,7 +18,6 @@ draws its worker seeds from its own generator, never from the global one.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mambamim.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from mambamim.data.dataset import EpochSampler
-from mambamim.engine.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from mambamim.engine.distributed import DistributedContext, any_rank, barrier, unwrap_model
 from mambamim.engine.interrupt import GracefulInterrupt
 from mambamim.engine.monitor import TrainingMonitor
@@ -72,6 +71,7 @@ class TrainingLoop:
     dataset: torch.utils.data.Dataset
     sampler: EpochSampler
     batch_volumes: int  # volumes per loader batch (each yields num_samples crops)
+    steps_per_epoch: int  # optimiser steps per epoch and process (the sampler's share / batch_volumes)
     workers: int
     epochs: int
     seed: int
@@ -82,13 +82,10 @@ class TrainingLoop:
     grad_clip: float = 1.0
     amp: bool = True
     collate_fn: Callable | None = None
-    on_epoch_end: Callable[[LoopState], dict[str, Any]] | None = None
+    # Called after each epoch with this loop and the state (after the epoch); returns the epoch's metrics.
+    on_epoch_end: Callable[[TrainingLoop, LoopState], dict[str, Any]] | None = None
     rng_state: dict[str, Any] | None = None  # restored right before the first step of a resumed run
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = only at the end of each epoch
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.sampler.per_rank / self.batch_volumes)
 
     def payload(self, state: LoopState) -> dict[str, Any]:
         return {
@@ -179,7 +176,7 @@ class TrainingLoop:
                         return "interrupted", state
                 state.epoch += 1
                 state.batch_in_epoch = 0
-                metrics = self.on_epoch_end(state) if self.on_epoch_end is not None else {}
+                metrics = self.on_epoch_end(self, state) if self.on_epoch_end is not None else {}
                 self.monitor.epoch(state.epoch, state.step, metrics)
                 self.save(state)
                 barrier(self.ctx)

@@ -16,7 +16,6 @@ lr differs by at most 1 % of the peak).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Optional
 
 import torch
 from monai.optimizers import WarmupCosineSchedule
@@ -43,7 +42,7 @@ class GroupWarmupCosine(WarmupCosineSchedule):
         warmup_steps: int,
         total_steps: int,
         min_factor: float = 0.0,
-        frozen: Optional[Mapping[str, int]] = None,
+        frozen: Mapping[str, int] | None = None,
     ) -> None:
         self.min_factor = float(min_factor)
         frozen = frozen or {}

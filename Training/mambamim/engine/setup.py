@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mambamim.engine.checkpoint import CheckpointError, load_checkpoint
-from mambamim.infer.io import check_writable
+from mambamim.checkpoint import CheckpointError, load_checkpoint
+from mambamim.data.imageio import check_writable
+from mambamim.errors import InvalidInput
 from mambamim.nn.state_dict import strict_mismatch
 from mambamim.safe_write import safe_write
 
@@ -37,7 +38,7 @@ def apply_preset(
     encoder size.
     """
     if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(presets)}")
+        raise InvalidInput(f"unknown preset {preset!r}; valid presets: {', '.join(presets)}")
     values = copy.deepcopy(presets[preset])
     for key, value in explicit.items():
         if value is None:
@@ -159,9 +160,9 @@ def stderr_report(enabled: bool) -> Callable[[str], None]:
 def crops_per_volume_check(batch: int, num_samples: int) -> int:
     """Volumes per loader batch; ``--batch`` counts crops and must be a multiple of ``--num-samples``."""
     if batch < 1 or num_samples < 1:
-        raise ValueError(f"--batch and --num-samples must be >= 1, got {batch} and {num_samples}")
+        raise InvalidInput(f"--batch and --num-samples must be >= 1, got {batch} and {num_samples}")
     if batch % num_samples:
-        raise ValueError(
+        raise InvalidInput(
             f"--batch {batch} (crops per step) must be a multiple of --num-samples {num_samples} "
             "(crops per volume)"
         )
@@ -170,4 +171,4 @@ def crops_per_volume_check(batch: int, num_samples: int) -> int:
 
 def check_checkpoint_every(steps: int) -> None:
     if steps < 0:
-        raise ValueError(f"--checkpoint-every must be >= 0 optimiser steps (0 = every epoch), got {steps}")
+        raise InvalidInput(f"--checkpoint-every must be >= 0 optimiser steps (0 = every epoch), got {steps}")

@@ -11,10 +11,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
+from mambamim.data.imageio import READ_SUFFIXES, image_suffix, is_dicom_folder, write_csv
+from mambamim.errors import InvalidInput
 from mambamim.infer.ensemble import Models, load_members
-from mambamim.infer.io import READ_SUFFIXES, image_suffix, is_dicom_folder, write_csv
 from mambamim.infer.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent
 from mambamim.infer.segment import segment_file
 
@@ -32,14 +33,14 @@ class BatchCase:
 
 
 def find_cases(
-    input_dir: Union[str, Path], output_dir: Union[str, Path], fmt: str = "nii.gz"
+    input_dir: str | Path, output_dir: str | Path, fmt: str = "nii.gz"
 ) -> list[BatchCase]:
     """The cases of ``input_dir`` with their output paths in ``output_dir``."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
-        raise ValueError(f"input folder {input_dir} does not exist or is not a folder")
+        raise InvalidInput(f"input folder {input_dir} does not exist or is not a folder")
     if output_dir.resolve() == input_dir.resolve():
-        raise ValueError(f"output folder {output_dir} must differ from the input folder")
+        raise InvalidInput(f"output folder {output_dir} must differ from the input folder")
     cases = []
     for entry in sorted(input_dir.iterdir()):
         suffix = image_suffix(entry)
@@ -51,7 +52,7 @@ def find_cases(
             continue
         cases.append(BatchCase(name, entry, output_dir / f"{name}_seg.{fmt}"))
     if not cases:
-        raise ValueError(
+        raise InvalidInput(
             f"input folder {input_dir} holds no readable volumes "
             f"({', '.join(READ_SUFFIXES)} or DICOM folders)"
         )
@@ -59,14 +60,14 @@ def find_cases(
 
 
 def segment_folder(
-    input_dir: Union[str, Path],
-    output_dir: Union[str, Path],
+    input_dir: str | Path,
+    output_dir: str | Path,
     model: Models,
     *,
     fmt: str = "nii.gz",
     overwrite: bool = False,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
     **options: Any,
 ) -> tuple[list[dict[str, Any]], Path]:
     """Segment every case; returns the timing rows and the CSV path (``output_dir/timings.csv``).
@@ -81,14 +82,16 @@ def segment_folder(
         raise FileExistsError(f"output {csv_path} already exists; pass --overwrite to replace it")
     package, saved = load_members(model)  # one package, or an ensemble of packages
     if saved:
-        raise ValueError(f"probability files ({saved[0].path}) belong to one case; batch mode takes packages")
-    emit = progress or (lambda event: None)
+        raise InvalidInput(
+            f"probability files ({saved[0].path}) belong to one case; batch mode takes packages"
+        )
+    progress = progress or (lambda event: None)
     rows = []
     for index, case in enumerate(cases):
 
         def scaled(event: ProgressEvent, index: int = index, case: BatchCase = case) -> None:
             fraction = (index + event.fraction) / len(cases)
-            emit(
+            progress(
                 ProgressEvent(
                     event.stage, fraction, None, f"[{index + 1}/{len(cases)} {case.name}] {event.message}"
                 )

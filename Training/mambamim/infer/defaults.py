@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
 
 DEFAULT_SW_BATCH = {"cpu": 2, "cuda": 4}
 LOAD_SAMPLE_S = 0.25
@@ -43,7 +42,7 @@ def free_cores(sample_s: float = LOAD_SAMPLE_S) -> float:
     return max(logical - busy, 0.0)
 
 
-def auto_threads(physical: Optional[int] = None, free: Optional[float] = None) -> int:
+def auto_threads(physical: int | None = None, free: float | None = None) -> int:
     """Torch CPU threads: the free cores (rounded), at least 1, at most the physical cores."""
     import psutil
 
@@ -52,7 +51,7 @@ def auto_threads(physical: Optional[int] = None, free: Optional[float] = None) -
     return int(min(cores, max(1, math.floor(free + 0.5))))
 
 
-def apply_cpu_threads(requested: Optional[int]) -> Optional[int]:
+def apply_cpu_threads(requested: int | None) -> int | None:
     """Set torch's CPU threads: ``requested`` if given, else :func:`auto_threads` unless ``OMP_NUM_THREADS``
     is set (the user's choice). Returns the count set, or None when left alone."""
     import torch

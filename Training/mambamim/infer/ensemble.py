@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
+from mambamim.errors import InvalidInput
 from mambamim.infer.package import LoadedPackage, load_package
 from mambamim.infer.probabilities import PROBABILITY_SUFFIX, SavedProbabilities, load_probabilities
 
@@ -49,14 +50,16 @@ def check_same_labels(members: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -
             only_other = sorted(set(signature) - set(expected))[:3]
             ours, theirs = only_first or "another order", only_other or "another order"
             detail = f"{first_name} has {ours}, {name} has {theirs}"
-            raise ValueError(f"cannot ensemble {first_name} and {name}: their label tables differ ({detail})")
+            raise InvalidInput(
+                f"cannot ensemble {first_name} and {name}: their label tables differ ({detail})"
+            )
 
 
 def load_members(models: Models) -> tuple[list[LoadedPackage], list[SavedProbabilities]]:
     """Load every package and probability file of ``models``; refuse differing label tables."""
     sources = as_list(models)
     if not sources:
-        raise ValueError("no model package given")
+        raise InvalidInput("no model package given")
     packages: list[LoadedPackage] = []
     saved: list[SavedProbabilities] = []
     for source in sources:
@@ -65,6 +68,6 @@ def load_members(models: Models) -> tuple[list[LoadedPackage], list[SavedProbabi
         else:
             packages.append(source if isinstance(source, LoadedPackage) else load_package(source))
     check_same_labels(
-        [(str(p.path), p.card["labels"]) for p in packages] + [(str(s.path), s.labels) for s in saved]
+        [(str(p.path), p.card.labels_as_dicts()) for p in packages] + [(str(s.path), s.labels) for s in saved]
     )
     return packages, saved

@@ -14,13 +14,14 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from mambamim.infer.io import READ_SUFFIXES, image_suffix, is_dicom_folder, read_image, write_csv
+from mambamim.data.imageio import READ_SUFFIXES, image_suffix, is_dicom_folder, read_image, write_csv
+from mambamim.errors import InvalidInput
 
 CSV_FIELDS = ("case", "value", "name", "status", "dice", "hd95_mm", "ref_voxels", "pred_voxels")
 _GEOMETRY_TOLERANCE = 1e-4  # mm / direction cosine: float32 NIfTI headers round at ~1e-6
@@ -90,7 +91,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def format_summary(summary: Sequence[dict[str, Any]]) -> str:
     """A fixed-width text table: class, Dice mean ± sd, HD95 mean ± sd (mm), cases scored / absent."""
 
-    def pm(mean: Optional[float], sd: Optional[float], digits: int) -> str:
+    def pm(mean: float | None, sd: float | None, digits: int) -> str:
         return "absent" if mean is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
     name_width = max([len("class"), *(len(s["name"]) for s in summary)])
@@ -120,7 +121,7 @@ def format_dice_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def pair_cases(pred: Union[str, Path], ref: Union[str, Path]) -> list[tuple[str, Path, Path]]:
+def pair_cases(pred: str | Path, ref: str | Path) -> list[tuple[str, Path, Path]]:
     """``(case, pred_path, ref_path)``: one pair for two files, matched by name for two folders.
 
     A prediction named ``<case>_seg.<ext>`` (what batch ``segment`` writes) matches reference ``<case>``.
@@ -132,7 +133,7 @@ def pair_cases(pred: Union[str, Path], ref: Union[str, Path]) -> list[tuple[str,
     if not (pred.is_dir() and not is_dicom_folder(pred)) and not (ref.is_dir() and not is_dicom_folder(ref)):
         return [(_case_name(ref), pred, ref)]
     if not (pred.is_dir() and ref.is_dir()):
-        raise ValueError(f"--pred {pred} and --ref {ref} must both be files or both be folders")
+        raise InvalidInput(f"--pred {pred} and --ref {ref} must both be files or both be folders")
     preds = {_case_name(p): p for p in _label_files(pred)}
     pairs, missing = [], []
     for ref_path in _label_files(ref):
@@ -143,14 +144,14 @@ def pair_cases(pred: Union[str, Path], ref: Union[str, Path]) -> list[tuple[str,
         else:
             pairs.append((case, match, ref_path))
     if missing:
-        raise ValueError(f"no prediction in {pred} for reference case(s): {', '.join(missing)}")
+        raise InvalidInput(f"no prediction in {pred} for reference case(s): {', '.join(missing)}")
     if not pairs:
-        raise ValueError(f"no label maps found in {ref}")
+        raise InvalidInput(f"no label maps found in {ref}")
     return pairs
 
 
 def evaluate_paths(
-    pred: Union[str, Path], ref: Union[str, Path], labels: Optional[Sequence[dict[str, Any]]] = None
+    pred: str | Path, ref: str | Path, labels: Sequence[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
     """Rows for every case (see :func:`pair_cases`); ``labels`` default to every value found."""
     rows = []
@@ -162,7 +163,7 @@ def evaluate_paths(
     return rows
 
 
-def write_rows_csv(rows: Sequence[dict[str, Any]], path: Union[str, Path], overwrite: bool = False) -> Path:
+def write_rows_csv(rows: Sequence[dict[str, Any]], path: str | Path, overwrite: bool = False) -> Path:
     """Write rows atomically; undefined scores are empty cells (the status column says why)."""
     cells = ({k: _cell(row.get(k)) for k in CSV_FIELDS} for row in rows)
     return write_csv(path, CSV_FIELDS, cells, overwrite=overwrite)
@@ -178,7 +179,7 @@ def _cell(value: Any) -> Any:
 
 def _dice_hd95(
     pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], hd95: bool
-) -> tuple[float, Optional[float]]:
+) -> tuple[float, float | None]:
     from monai.metrics import compute_dice, compute_hausdorff_distance
 
     # Crop to the union's bounding box (+1 voxel) so HD95's distance transforms stay small.
@@ -206,7 +207,7 @@ def check_same_grid(image: sitk.Image, ref: sitk.Image, where: str = "prediction
         ("direction", image.GetDirection(), ref.GetDirection()),
     ):
         if not np.allclose(a, b, atol=_GEOMETRY_TOLERANCE, rtol=0):
-            raise ValueError(
+            raise InvalidInput(
                 f"{where} {what} {tuple(round(v, 5) for v in a)} differs from the reference's "
                 f"{tuple(round(v, 5) for v in b)}; both must be on the same grid"
             )

@@ -14,12 +14,11 @@ modality rule before it starts the engine:
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import numpy as np
 import SimpleITK as sitk
 
-from mambamim.infer.io import DICOM_MODALITY_KEY
+from mambamim.data.imageio import DICOM_MODALITY_KEY
+from mambamim.errors import MambaMIMError
 from mambamim.infer.modality import SAMPLE_VOXELS, modality_rule, sample_voxels
 
 LABEL_MAX_VALUES = 1000
@@ -27,18 +26,18 @@ LABEL_MAX_CHANGE = 0.5
 MIN_EXTENT_MM = 30.0
 
 
-class InputRefused(ValueError):
+class InputRefused(MambaMIMError, ValueError):
     """The volume is readable but not something to segment with this model (override flag in the text)."""
 
 
-def image_modality(image: sitk.Image, values: Optional[np.ndarray] = None) -> tuple[str, str]:
-    """:func:`modality_rule` for an image read by :func:`mambamim.infer.io.read_image` (which keeps a
+def image_modality(image: sitk.Image, values: np.ndarray | None = None) -> tuple[str, str]:
+    """:func:`modality_rule` for an image read by :func:`mambamim.data.imageio.read_image` (which keeps a
     DICOM series' Modality tag as metadata); ``values`` may be given when the caller has the array."""
     tag = image.GetMetaData(DICOM_MODALITY_KEY) if image.HasMetaDataKey(DICOM_MODALITY_KEY) else None
     return modality_rule(sitk.GetArrayViewFromImage(image) if values is None else values, tag)
 
 
-def label_map_evidence(array: np.ndarray) -> Optional[str]:
+def label_map_evidence(array: np.ndarray) -> str | None:
     """Words describing why ``array`` looks like a label map, or None when it looks like a scan."""
     sample = sample_voxels(array)
     if not (np.issubdtype(sample.dtype, np.integer) or bool(np.all(np.mod(sample, 1) == 0))):
@@ -70,14 +69,15 @@ def label_map_evidence(array: np.ndarray) -> Optional[str]:
 def check_segmentation_input(
     image: sitk.Image,
     source: str,
-    card: dict[str, Any],
+    expected: str,
     *,
-    modality: Optional[str] = None,
+    modality: str | None = None,
     allow_label_map: bool = False,
     allow_other_modality: bool = False,
     allow_small: bool = False,
 ) -> None:
-    """Refuse (``InputRefused`` naming ``source``) what the model should not be run on.
+    """Refuse (``InputRefused`` naming ``source``) what a model for ``expected`` (CT or MR, the card's
+    ``input.modality``) should not be run on.
 
     ``modality`` declares the input's modality and replaces the guess; each ``allow_*`` turns one check
     off (the command-line flags of the same names).
@@ -98,7 +98,6 @@ def check_segmentation_input(
                 f"{source} looks like a label map, not a scan: {evidence}; "
                 "give the image itself, or pass --allow-label-map if it really is a scan"
             )
-    expected = card["input"]["modality"]
     if modality is not None:
         actual, evidence = modality.upper(), "it was declared so (--modality)"
     else:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import psutil
 import torch
 from torch import nn
+
+from mambamim.errors import InvalidInput
 
 ACTIVATION_PEAK_FRACTION = 0.4
 # Head room for the Python process, allocator fragmentation and the SimpleITK images.
@@ -47,14 +48,6 @@ class MemoryEstimate:
         if device == "cpu":
             total += FIXED_OVERHEAD_BYTES
         return total
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def available_bytes(device: torch.device | str) -> int:
@@ -92,7 +85,7 @@ def activation_bytes_per_voxel(network: nn.Module, in_channels: int, roi_size: S
             for handle in handles:
                 handle.remove()
         return total / float(np.prod(size))
-    raise ValueError(f"the network rejected probe inputs of sizes {probe_sizes}")
+    raise InvalidInput(f"the network rejected probe inputs of sizes {probe_sizes}")
 
 
 def estimate_memory(
@@ -105,7 +98,7 @@ def estimate_memory(
     sw_batch_size: int,
     network_device: str,
     stitch_device: str,
-    activation_per_voxel: Optional[float] = None,
+    activation_per_voxel: float | None = None,
 ) -> MemoryEstimate:
     """``activation_per_voxel`` (from :func:`activation_bytes_per_voxel`) is measured when not given."""
     weights = sum(p.numel() * p.element_size() for p in network.parameters())

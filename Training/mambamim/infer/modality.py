@@ -10,16 +10,18 @@ bias correction. (On the shared scans: CT -1023 and -1024, MR -4 and 0.)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
+
+from mambamim.errors import MambaMIMError
 
 CT_LOW_PERCENTILE = 0.5
 CT_LOW_VALUE = -50.0
 SAMPLE_VOXELS = 2_000_000  # voxels looked at; enough for stable percentiles and counts
 
 
-class ModalityMismatch(ValueError):
+class ModalityMismatch(MambaMIMError, ValueError):
     """The input's modality is not the one the model was trained on."""
 
     def __init__(self, message: str, expected: str, actual: str):
@@ -34,7 +36,7 @@ def sample_voxels(values: Any) -> np.ndarray:
     return flat[:: max(1, flat.size // SAMPLE_VOXELS)]
 
 
-def modality_rule(values: Any, dicom_modality: Optional[str] = None) -> tuple[str, str]:
+def modality_rule(values: Any, dicom_modality: str | None = None) -> tuple[str, str]:
     """``(modality, evidence in words)``: "CT", "MR" or another DICOM modality, and why."""
     if dicom_modality is not None and dicom_modality.strip():
         tag = dicom_modality.strip().upper()
@@ -48,14 +50,14 @@ def modality_rule(values: Any, dicom_modality: Optional[str] = None) -> tuple[st
     )
 
 
-def guess_modality(values: Any, dicom_modality: Optional[str] = None) -> str:
+def guess_modality(values: Any, dicom_modality: str | None = None) -> str:
     """The modality alone, by :func:`modality_rule`."""
     return modality_rule(values, dicom_modality)[0]
 
 
-def check_modality(card: dict[str, Any], modality: Optional[str], package_path: Union[str, Path]) -> None:
-    """Refuse (``ModalityMismatch``) a package made for another modality than ``modality``."""
-    expected = card["input"]["modality"]
+def check_modality(expected: str, modality: str | None, package_path: str | Path) -> None:
+    """Refuse (``ModalityMismatch``) a package made for ``expected`` (its card's ``input.modality``) when
+    the input is ``modality``."""
     if modality is not None and modality.upper() != expected:
         raise ModalityMismatch(
             f"model package {package_path} is for {expected} images but the input was declared "

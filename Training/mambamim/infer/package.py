@@ -26,100 +26,41 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 
-from mambamim.data.intensity import validate_intensity_spec
+from mambamim.data.labels import LabelError, parse_labels
+from mambamim.infer.card import (
+    CARD_FILE,
+    FORMAT_VERSION,
+    ModelCard,
+    PackageError,
+    check_input_section,
+    is_plain_name,
+)
 from mambamim.nn.state_dict import strict_mismatch
 from mambamim.safe_write import safe_write
 
-FORMAT_VERSION = 1
-CARD_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
-MODALITIES = ("CT", "MR")
 # The largest network we ship or train is well under 1 GB of float32 weights.
 MAX_PACKAGE_BYTES = 4 * 2**30
-# Distinct, colour-blind-friendlier defaults (Okabe-Ito, then Tableau) for labels without a colour.
-_PALETTE = (
-    (230, 159, 0),
-    (86, 180, 233),
-    (0, 158, 115),
-    (240, 228, 66),
-    (0, 114, 178),
-    (213, 94, 0),
-    (204, 121, 167),
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-    (174, 199, 232),
-)
-
-
-class PackageError(ValueError):
-    """A model package or card is invalid; the message names the package and what is wrong."""
-
-
+# The ``format`` of fine-tuning checkpoints, from which packages are made.
+FINETUNE_FORMAT = "mambamim-finetune"
 @dataclass
 class LoadedPackage:
     """A verified package: the network in eval mode with its weights, the card, where it came from."""
 
     model: nn.Module
-    card: dict[str, Any]
+    card: ModelCard
     path: Path
-
-
-def parse_labels(labels: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """Normalise a label table to ``[{value, name, color, snomed?}]`` sorted by value, background dropped.
-
-    Accepts ``{"1": "spleen", ...}`` (MSD ``dataset.json`` / ``labels_*.json`` style) or a list of
-    ``{"value", "name", "color"?, "snomed"?}`` records. Value 0 is background and never listed.
-    """
-    if isinstance(labels, Mapping):
-        records = [{"value": k, "name": v} for k, v in labels.items()]
-    elif isinstance(labels, Sequence) and not isinstance(labels, str):
-        records = [dict(r) for r in labels]
-    else:
-        raise PackageError(
-            f"labels must be a mapping value->name or a list of records, got {type(labels).__name__}"
-        )
-    table = []
-    for record in records:
-        try:
-            value, name = int(record["value"]), str(record["name"])
-        except (KeyError, TypeError, ValueError):
-            raise PackageError(f"label record {record!r} needs an integer 'value' and a 'name'") from None
-        if value < 0:
-            raise PackageError(f"label {name!r} has a negative value {value}")
-        if value == 0:
-            continue
-        color = record.get("color") or _PALETTE[(value - 1) % len(_PALETTE)]
-        if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
-            raise PackageError(f"label {name!r}: color must be 3 integers 0-255, got {color!r}")
-        entry: dict[str, Any] = {"value": value, "name": name, "color": list(color)}
-        if record.get("snomed"):
-            entry["snomed"] = record["snomed"]
-        table.append(entry)
-    values = [e["value"] for e in table]
-    if len(set(values)) != len(values):
-        raise PackageError(f"label values must be unique, got {sorted(values)}")
-    if not table:
-        raise PackageError("the label table has no foreground labels")
-    return sorted(table, key=lambda e: e["value"])
 
 
 def make_card(
     *,
     name: str,
-    labels: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]],
+    labels: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     modality: str,
     spacing: Sequence[float],
     intensity: dict[str, Any],
@@ -129,7 +70,7 @@ def make_card(
     version: str = "1.0.0",
     license: str = "unspecified",
     training_data: str = "",
-    metrics: Union[dict[str, Any], None] = None,
+    metrics: dict[str, Any] | None = None,
     description: str = "",
 ) -> dict[str, Any]:
     """The card fields a caller provides; :func:`save_package` adds architecture, weights and format."""
@@ -145,17 +86,17 @@ def make_card(
             "roi_size": [int(r) for r in roi_size],
             "overlap": float(overlap),
         },
-        "labels": parse_labels(labels),
+        "labels": _labels(labels),
         "license": license,
         "training_data": training_data,
         "metrics": dict(metrics or {}),
     }
-    _validate_input_section(card["input"], "card")
+    check_input_section(card["input"], "card")
     return card
 
 
 def save_package(
-    out_dir: Union[str, Path],
+    out_dir: str | Path,
     *,
     model_name: str,
     model_config: dict[str, Any],
@@ -168,30 +109,117 @@ def save_package(
     The weights are checked to load strictly into ``build_model(model_name, **model_config)`` before
     anything is written, and the label table is checked against the network's output channels.
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"package folder {out_dir} already exists; pass --overwrite to replace it")
+    from safetensors.torch import save
+
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     model = _build_strict(model_name, model_config, tensors, where=f"package {out_dir}")
-    full = {
-        **{k: v for k, v in card.items() if k not in ("format_version", "architecture", "weights")},
-        "format_version": FORMAT_VERSION,
-        "architecture": {"name": model_name, "config": dict(model_config)},
-    }
-    full["labels"] = parse_labels(full.get("labels", []))
-    _check_architecture_fits_card(model, full, where=f"package {out_dir}")
+    blob = save(tensors, metadata={"format": "pt"})
+    full = _full_card(card, model_name, model_config, hashlib.sha256(blob).hexdigest())
+    # The whole card is checked, and the network against it, before anything is written.
+    where = f"package {out_dir}"
+    _check_architecture_fits_card(model, ModelCard.from_dict(full, where), where)
     with safe_write(out_dir) as tmp:
         tmp.mkdir()
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        full["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(tmp / WEIGHTS_FILE)}
-        validate_card(full, where=f"package {out_dir}")
+        (tmp / WEIGHTS_FILE).write_bytes(blob)
         (tmp / CARD_FILE).write_text(json.dumps(full, indent=2) + "\n")
     return out_dir
 
 
-def write_zip(package_dir: Union[str, Path], zip_path: Union[str, Path], overwrite: bool = False) -> Path:
+def package_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    labels: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    name: str | None = None,
+    version: str = "1.0.0",
+    modality: str | None = None,
+    spacing: Sequence[float] | None = None,
+    intensity: dict[str, Any] | None = None,
+    roi_size: Sequence[int] | None = None,
+    overlap: float | None = None,
+    license: str | None = None,
+    training_data: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    description: str = "",
+    overwrite: bool = False,
+) -> Path:
+    """A model package from a fine-tuning checkpoint (``mambamim package`` and the end of a fine-tuning run).
+
+    The network and its weights come from the checkpoint; every card field that is not given (``None``)
+    comes from the run's settings stored in it, else a default: modality CT, spacing 1.5 mm, intensity by
+    modality, the crop size as window, overlap 0.5, the checkpoint's validation metrics.
+    """
+    from mambamim.checkpoint import load_checkpoint
+    from mambamim.data.intensity import CT_WINDOW, MR_ZSCORE
+
+    payload = load_checkpoint(checkpoint, expected_format=FINETUNE_FORMAT)
+    config = payload.get("config") or {}
+    if not config.get("model_name") or "model" not in payload:
+        raise PackageError(f"checkpoint {checkpoint} lacks config.model_name or the model state dict")
+    # Fine-tuning stores its settings under config.training.
+    training = {**config, **(config.get("training") or {})}
+    labels = labels if labels is not None else training.get("labels")
+    if not labels:
+        raise PackageError(f"checkpoint {checkpoint} has no label table; give one (--labels)")
+    modality = modality or training.get("modality", "CT")
+    roi = roi_size or training.get("roi_size") or int(training.get("roi", 96))
+    by_modality = CT_WINDOW if modality == "CT" else MR_ZSCORE
+    card = make_card(
+        name=name or training.get("package_name") or f"{config['model_name']}-finetuned",
+        labels=labels,
+        modality=modality,
+        spacing=spacing or training.get("spacing") or [1.5, 1.5, 1.5],
+        intensity=intensity or training.get("intensity") or dict(by_modality),
+        roi_size=[roi] * 3 if isinstance(roi, int) else roi,
+        overlap=overlap if overlap is not None else float(training.get("overlap", 0.5)),
+        version=version,
+        license=license or training.get("license") or "unspecified",
+        training_data=training_data or training.get("training_data") or "",
+        metrics=metrics if metrics is not None else (
+            training.get("metrics") or (payload.get("extra") or {}).get("metrics") or {}
+        ),
+        description=description,
+    )  # fmt: skip
+    # DDP checkpoints prefix every key with "module."; packages hold the bare network's names.
+    state = {k.removeprefix("module."): v for k, v in payload["model"].items()}
+    return save_package(
+        out_dir,
+        model_name=config["model_name"],
+        model_config=config.get("model_config") or {},
+        state_dict=state,
+        card=card,
+        overwrite=overwrite,
+    )
+
+
+def in_memory_package(
+    model: nn.Module, card: dict[str, Any], model_name: str, model_config: dict[str, Any] | None = None
+) -> LoadedPackage:
+    """A package of a network that is not saved (benchmarks and checks with random weights); ``card`` as
+    :func:`make_card` returns it."""
+    full = _full_card(card, model_name, model_config or {}, hashlib.sha256(b"").hexdigest())
+    path = Path(f"<{model_name}, not saved>")
+    return LoadedPackage(model=model, card=ModelCard.from_dict(full, f"package {path}"), path=path)
+
+
+def _full_card(
+    card: dict[str, Any], model_name: str, model_config: dict[str, Any], sha256: str
+) -> dict[str, Any]:
+    """The on-disk card: ``card``'s fields, then the format, the architecture and the weights' hash."""
+    full = {
+        **{k: v for k, v in card.items() if k not in ("format_version", "architecture", "weights")},
+        "format_version": FORMAT_VERSION,
+        "architecture": {"name": model_name, "config": dict(model_config)},
+        "weights": {"file": WEIGHTS_FILE, "sha256": sha256},
+    }
+    full["labels"] = _labels(full.get("labels", []))
+    return full
+
+
+def write_zip(package_dir: str | Path, zip_path: str | Path, overwrite: bool = False) -> Path:
     """Archive a package folder as a .zip (card and weights at the top level), atomically."""
     package_dir, zip_path = Path(package_dir), Path(zip_path)
     read_card(package_dir)  # never archive an invalid package
@@ -204,95 +232,30 @@ def write_zip(package_dir: Union[str, Path], zip_path: Union[str, Path], overwri
     return zip_path
 
 
-def read_card(path: Union[str, Path]) -> dict[str, Any]:
+def read_card(path: str | Path) -> ModelCard:
     """The validated card of a package folder or .zip, without loading the weights."""
     card, _ = _read_package_files(Path(path), with_weights=False)
     return card
 
 
-def load_package(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LoadedPackage:
+def load_package(path: str | Path, device: str | torch.device = "cpu") -> LoadedPackage:
     """Load and verify a package (folder or .zip): SHA-256 of the weights, then a strict state-dict load."""
     path = Path(path)
     card, weights = _read_package_files(path, with_weights=True)
-    arch = card["architecture"]
-    model = _build_strict(arch["name"], arch["config"], weights, where=f"package {path}")
+    arch = card.architecture
+    model = _build_strict(arch.name, dict(arch.config), weights, where=f"package {path}")
     _check_architecture_fits_card(model, card, where=f"package {path}")
     return LoadedPackage(model=model.to(device).eval(), card=card, path=path)
 
 
-def validate_card(card: dict[str, Any], where: str = "model card") -> dict[str, Any]:
-    """Check every card field the engine relies on; raise ``PackageError`` naming the first problem."""
-    if not isinstance(card, dict):
-        raise PackageError(f"{where}: {CARD_FILE} must hold a JSON object")
-    version = card.get("format_version")
-    if version != FORMAT_VERSION:
-        raise PackageError(
-            f"{where}: unsupported format_version {version!r} (this mambamim reads {FORMAT_VERSION})"
-        )
-    for key in ("name", "version", "architecture", "input", "labels", "weights"):
-        if key not in card:
-            raise PackageError(f"{where}: {CARD_FILE} lacks the field {key!r}")
-    arch = card["architecture"]
-    if (
-        not isinstance(arch, dict)
-        or not isinstance(arch.get("name"), str)
-        or not isinstance(arch.get("config"), dict)
-    ):
-        raise PackageError(f"{where}: architecture must be {{'name': str, 'config': dict}}, got {arch!r}")
-    _validate_input_section(card["input"], where)
-    card["labels"] = parse_labels(card["labels"])
-    weights = card["weights"]
-    if not isinstance(weights, dict) or not weights.get("file") or len(str(weights.get("sha256", ""))) != 64:
-        raise PackageError(
-            f"{where}: weights must be {{'file': name, 'sha256': 64 hex digits}}, got {weights!r}"
-        )
-    if not _is_plain_name(weights["file"]):
-        raise PackageError(
-            f"{where}: the weights file {weights['file']!r} is not a plain file name inside the package "
-            "(paths such as ../x, /dev/zero or sub/x are refused)"
-        )
-    return card
-
-
-def _is_plain_name(name: Any) -> bool:
-    """A file name without folders, drive letters, parent references or control characters."""
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and not any(c in name for c in "/\\:") and name.isprintable()
-        and name == name.strip()
-    )
-
-
-def _validate_input_section(section: Any, where: str) -> None:
-    if not isinstance(section, dict):
-        raise PackageError(f"{where}: 'input' must be an object")
+def _labels(table: Any) -> list[dict[str, Any]]:
     try:
-        channels = int(section["channels"])
-        modality = section["modality"]
-        spacing = [float(s) for s in section["spacing"]]
-        roi = [int(r) for r in section["roi_size"]]
-        overlap = float(section["overlap"])
-        intensity = section["intensity"]
-    except (KeyError, TypeError, ValueError) as err:
-        raise PackageError(f"{where}: input section is incomplete or malformed ({err!r})") from None
-    if channels < 1:
-        raise PackageError(f"{where}: input channels must be >= 1, got {channels}")
-    if modality not in MODALITIES:
-        raise PackageError(f"{where}: modality must be one of {MODALITIES}, got {modality!r}")
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise PackageError(f"{where}: spacing must be 3 positive numbers (mm), got {spacing}")
-    if len(roi) != 3 or min(roi) < 1:
-        raise PackageError(f"{where}: roi_size must be 3 positive integers, got {roi}")
-    if not 0.0 <= overlap < 1.0:
-        raise PackageError(f"{where}: overlap must be in [0, 1), got {overlap}")
-    try:
-        validate_intensity_spec(intensity)
-    except ValueError as err:
-        raise PackageError(f"{where}: {err}") from None
+        return parse_labels(table)
+    except LabelError as exc:
+        raise PackageError(f"card: {exc}") from None
 
 
-def _read_package_files(path: Path, *, with_weights: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read_package_files(path: Path, *, with_weights: bool) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     """Card (validated) and, optionally, the hash-verified weights of a folder or .zip package."""
     if not path.exists():
         raise PackageError(f"model package {path} does not exist")
@@ -303,11 +266,11 @@ def _read_package_files(path: Path, *, with_weights: bool) -> tuple[dict[str, An
         card = _parse_card(_read_regular_file(card_path, path), path)
         if not with_weights:
             return card, {}
-        blob = _read_regular_file(path / card["weights"]["file"], path)
+        blob = _read_regular_file(path / card.weights_file, path)
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-            unsafe = [n for n in names if not all(_is_plain_name(part) for part in n.rstrip("/").split("/"))]
+            unsafe = [n for n in names if not all(is_plain_name(part) for part in n.rstrip("/").split("/"))]
             if unsafe or any(n.count("/") - n.endswith("/") > 1 for n in names):
                 raise PackageError(
                     f"model package {path}: the archive holds unsafe or nested member names "
@@ -327,19 +290,19 @@ def _read_package_files(path: Path, *, with_weights: bool) -> tuple[dict[str, An
             card = _parse_card(_read_member(archive, card_names[0], path), path)
             if not with_weights:
                 return card, {}
-            member = prefix + card["weights"]["file"]
+            member = prefix + card.weights_file
             if member not in names:
                 raise PackageError(f"model package {path}: weights file {member} is missing from the archive")
             blob = _read_member(archive, member, path)
     else:
         raise PackageError(f"model package {path} is neither a package folder nor a .zip archive")
     digest = hashlib.sha256(blob).hexdigest()
-    if digest != card["weights"]["sha256"].lower():
+    if digest != card.weights_sha256:
         raise PackageError(
-            f"model package {path}: SHA-256 of {card['weights']['file']} is {digest}, the card says "
-            f"{card['weights']['sha256']}; the weights are corrupt or were replaced"
+            f"model package {path}: SHA-256 of {card.weights_file} is {digest}, the card says "
+            f"{card.weights_sha256}; the weights are corrupt or were replaced"
         )
-    return card, _deserialize_weights(blob, card["weights"]["file"], path)
+    return card, _deserialize_weights(blob, card.weights_file, path)
 
 
 def _read_regular_file(file: Path, package: Path) -> bytes:
@@ -376,12 +339,12 @@ def _read_member(archive: zipfile.ZipFile, name: str, package: Path) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_card(raw: bytes, path: Path) -> dict[str, Any]:
+def _parse_card(raw: bytes, path: Path) -> ModelCard:
     try:
         card = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise PackageError(f"model package {path}: {CARD_FILE} is not valid JSON ({err})") from None
-    return validate_card(card, where=f"model package {path}")
+    return ModelCard.from_dict(card, where=f"model package {path}")
 
 
 def _deserialize_weights(blob: bytes, name: str, path: Path) -> dict[str, torch.Tensor]:
@@ -425,24 +388,25 @@ def _constructor_value(model: nn.Module, key: str, config: dict[str, Any]) -> An
     return None if parameter is None else parameter.default
 
 
-def _check_architecture_fits_card(model: nn.Module, card: dict[str, Any], where: str) -> None:
-    config = card["architecture"]["config"]
+def _check_architecture_fits_card(model: nn.Module, card: ModelCard, where: str) -> None:
+    config = dict(card.architecture.config)
     out_channels = _constructor_value(model, "out_channels", config)
-    max_value = max(label["value"] for label in card["labels"])
+    max_value = card.num_classes - 1
     if isinstance(out_channels, int) and max_value >= out_channels:
         raise PackageError(
             f"{where}: label value {max_value} needs at least {max_value + 1} output channels, "
             f"the network has {out_channels}"
         )
     in_channels = _constructor_value(model, "in_channels", config)
-    channels = card.get("input", {}).get("channels")
-    if isinstance(in_channels, int) and channels is not None and int(channels) != in_channels:
-        raise PackageError(f"{where}: card says {channels} input channels, the network takes {in_channels}")
-    multiple = getattr(model, "size_multiple", 1)
-    roi = card.get("input", {}).get("roi_size", [])
-    if any(int(r) % multiple for r in roi):
+    if isinstance(in_channels, int) and card.input.channels != in_channels:
         raise PackageError(
-            f"{where}: roi_size {roi} must be a multiple of the network's size_multiple {multiple}"
+            f"{where}: card says {card.input.channels} input channels, the network takes {in_channels}"
+        )
+    multiple = getattr(model, "size_multiple", 1)
+    if any(r % multiple for r in card.input.roi_size):
+        raise PackageError(
+            f"{where}: roi_size {list(card.input.roi_size)} must be a multiple of the network's "
+            f"size_multiple {multiple}"
         )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mambamim.data.intensity import normalize_intensity, validate_intensity_spec
+from mambamim.errors import InvalidInput
 
 # Direction of the model grid in ITK's LPS world: i -> Right (-x), j -> Anterior (-y), k -> Superior (+z).
 RAS_DIRECTION_LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -47,7 +48,7 @@ def model_space_grid(image: sitk.Image, spacing: Sequence[float]) -> ModelSpaceR
     """The RAS-aligned grid at ``spacing`` (mm, RAS axis order) covering ``image``'s physical extent."""
     target = np.asarray(spacing, dtype=np.float64)
     if target.shape != (3,) or np.any(target <= 0):
-        raise ValueError(f"target spacing must be 3 positive numbers in mm, got {list(spacing)}")
+        raise InvalidInput(f"target spacing must be 3 positive numbers in mm, got {list(spacing)}")
     size = np.asarray(image.GetSize())
     # Physical corners of the input's voxel *boxes* (centres +- half a voxel), in LPS.
     corners = []
@@ -100,7 +101,7 @@ def from_model_space(array: np.ndarray, ref: ModelSpaceRef, is_label: bool) -> s
     """
     array = np.asarray(array)
     if tuple(array.shape) != ref.model_size:
-        raise ValueError(f"array shape {array.shape} does not match the model-space grid {ref.model_size}")
+        raise InvalidInput(f"array shape {array.shape} does not match the model-space grid {ref.model_size}")
     if is_label:
         dtype = np.uint8 if array.max(initial=0) <= 255 else np.uint16
         array = array.astype(dtype, copy=False)

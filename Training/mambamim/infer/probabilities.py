@@ -21,12 +21,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from mambamim.infer.io import check_writable
+from mambamim.data.imageio import check_writable
+from mambamim.errors import InvalidInput
 from mambamim.infer.preprocess import ModelSpaceRef
 from mambamim.safe_write import safe_write
 
@@ -79,7 +80,7 @@ def combine(
     *,
     grid: sitk.Image,
     keep_probabilities: bool = False,
-) -> tuple[np.ndarray, Optional[np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Average ``members`` and ``saved`` on the input ``grid``; return (labels (Z, Y, X), probabilities).
 
     Every member and saved file counts once. The probabilities (classes, Z, Y, X float32) come back only
@@ -89,7 +90,7 @@ def combine(
     """
     total = len(members) + len(saved)
     if total == 0:
-        raise ValueError("nothing to combine: no model and no probability file")
+        raise InvalidInput("nothing to combine: no model and no probability file")
     num_classes = (members[0].probabilities if members else saved[0].probabilities).shape[0]
     groups: dict[tuple, list[Any]] = {}
     for member in members:
@@ -122,7 +123,7 @@ def combine(
     return labels, (full if keep_probabilities else None)
 
 
-def default_probability_path(label_path: Union[str, Path]) -> Path:
+def default_probability_path(label_path: str | Path) -> Path:
     """``case.nii.gz`` -> ``case.probabilities.npz`` beside it."""
     path = Path(label_path)
     name = path.name
@@ -133,11 +134,11 @@ def default_probability_path(label_path: Union[str, Path]) -> Path:
     return path.with_name(f"{name}.probabilities{PROBABILITY_SUFFIX}")
 
 
-def check_probability_path(path: Union[str, Path], overwrite: bool = False) -> Path:
+def check_probability_path(path: str | Path, overwrite: bool = False) -> Path:
     """Fail early (before any work) on a name not ending in .npz, an existing file or an unwritable folder."""
     path = Path(path)
     if path.suffix.lower() != PROBABILITY_SUFFIX or path.is_dir():
-        raise ValueError(f"probability output {path}: give a file name ending in {PROBABILITY_SUFFIX}")
+        raise InvalidInput(f"probability output {path}: give a file name ending in {PROBABILITY_SUFFIX}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
     check_writable(path)
@@ -145,7 +146,7 @@ def check_probability_path(path: Union[str, Path], overwrite: bool = False) -> P
 
 
 def save_probabilities(
-    path: Union[str, Path],
+    path: str | Path,
     probabilities: np.ndarray,
     labels: Sequence[dict[str, Any]],
     grid: sitk.Image,
@@ -155,7 +156,7 @@ def save_probabilities(
     """Write the probability file described in the module docstring (atomically)."""
     path = check_probability_path(path, overwrite)
     if probabilities.shape[1:] != tuple(reversed(grid.GetSize())):
-        raise ValueError(f"probabilities {probabilities.shape} do not match the grid {grid.GetSize()}")
+        raise InvalidInput(f"probabilities {probabilities.shape} do not match the grid {grid.GetSize()}")
     with safe_write(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(
@@ -171,7 +172,7 @@ def save_probabilities(
     return path
 
 
-def load_probabilities(path: Union[str, Path]) -> SavedProbabilities:
+def load_probabilities(path: str | Path) -> SavedProbabilities:
     """Read a probability file; a file that is not one is refused with a one-line error naming it."""
     path = Path(path)
     try:
@@ -183,11 +184,13 @@ def load_probabilities(path: Union[str, Path]) -> SavedProbabilities:
             spacing, origin = data["spacing"].tolist(), data["origin"].tolist()
             direction = data["direction"].tolist()
     except (OSError, KeyError, ValueError, EOFError) as err:
-        raise ValueError(
+        raise InvalidInput(
             f"{path} is not a probability file written by `segment --save-probabilities` ({err})"
         ) from None
     if probabilities.ndim != 4 or probabilities.shape[1:] != tuple(reversed(size)):
-        raise ValueError(f"{path}: probabilities of shape {probabilities.shape} do not match the grid {size}")
+        raise InvalidInput(
+            f"{path}: probabilities of shape {probabilities.shape} do not match the grid {size}"
+        )
     grid = sitk.Image(size, sitk.sitkUInt8)
     grid.SetSpacing(spacing)
     grid.SetOrigin(origin)
@@ -204,7 +207,7 @@ def check_same_grid(saved: SavedProbabilities, image: sitk.Image, source: str) -
         and np.allclose(saved.grid.GetDirection(), image.GetDirection(), atol=1e-6)
     )
     if not same:
-        raise ValueError(
+        raise InvalidInput(
             f"probability file {saved.path} was computed on another grid (size {saved.grid.GetSize()}, "
             f"spacing {saved.grid.GetSpacing()}) than {source} (size {image.GetSize()}, spacing "
             f"{image.GetSpacing()})"

@@ -22,7 +22,9 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
+
+from mambamim.errors import USER_ERRORS, InvalidInput
 
 TERMINAL_STAGES = ("done", "error", "cancelled")
 PROGRESS_MODES = ("json", "bar", "none")
@@ -34,9 +36,9 @@ class ProgressEvent:
 
     stage: str
     fraction: float
-    eta_s: Optional[float] = None
+    eta_s: float | None = None
     message: str = ""
-    outputs: Optional[dict[str, str]] = field(default=None)
+    outputs: dict[str, str] | None = field(default=None)
 
     def to_json(self) -> str:
         eta = self.eta_s if self.eta_s is not None and math.isfinite(self.eta_s) else None
@@ -84,7 +86,7 @@ class ProgressTracker:
     ``None`` until the stage has made measurable progress, never a guess.
     """
 
-    def __init__(self, callback: Optional[ProgressCallback], weights: dict[str, float]) -> None:
+    def __init__(self, callback: ProgressCallback | None, weights: dict[str, float]) -> None:
         self.callback = callback
         total = sum(weights.values())
         self._start: dict[str, float] = {}
@@ -94,7 +96,7 @@ class ProgressTracker:
             acc += w
         self._share = {stage: w / total for stage, w in weights.items()}
         self.fraction = 0.0
-        self._stage: Optional[str] = None
+        self._stage: str | None = None
         self._stage_t0 = time.perf_counter()
         self._stage_f0 = 0.0
 
@@ -149,7 +151,7 @@ class _BarReporter:
                 print(f"{event.stage}: {event.message}", file=sys.stderr)
 
 
-def make_reporter(mode: str, stream: Optional[TextIO] = None) -> ProgressCallback:
+def make_reporter(mode: str, stream: TextIO | None = None) -> ProgressCallback:
     """A progress callback: ``json`` lines on stdout, a ``bar`` on stderr, or ``none`` (silent)."""
     if mode == "json":
         return _JsonReporter(stream or sys.stdout)
@@ -157,7 +159,7 @@ def make_reporter(mode: str, stream: Optional[TextIO] = None) -> ProgressCallbac
         return _BarReporter()
     if mode == "none":
         return lambda event: None
-    raise ValueError(f"unknown progress mode {mode!r}; valid modes: {', '.join(PROGRESS_MODES)}")
+    raise InvalidInput(f"unknown progress mode {mode!r}; valid modes: {', '.join(PROGRESS_MODES)}")
 
 
 def run_command(mode: str, work: Callable[[ProgressCallback, CancelToken], dict[str, str]]) -> int:
@@ -181,7 +183,7 @@ def run_command(mode: str, work: Callable[[ProgressCallback, CancelToken], dict[
             print("cancelled; nothing was written", file=sys.stderr)
         return 130
     except Exception as err:  # every failure must end the JSON stream with an error event
-        if not isinstance(err, (ValueError, OSError, MemoryError, RuntimeError)):
+        if not isinstance(err, USER_ERRORS):  # a bug, not the user's to fix: keep its traceback
             traceback.print_exc(file=sys.stderr)
         message = str(err) or type(err).__name__
         reporter(ProgressEvent("error", 0.0, None, message))

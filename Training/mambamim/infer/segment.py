@@ -15,22 +15,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
+from mambamim.cpu_memory import format_bytes
+from mambamim.data.imageio import check_output_path, read_image, write_image
+from mambamim.errors import InvalidInput, Unavailable
+from mambamim.infer.card import ModelCard
 from mambamim.infer.defaults import default_sw_batch
 from mambamim.infer.ensemble import Models, check_same_labels, load_members
 from mambamim.infer.input_checks import check_segmentation_input
-from mambamim.infer.io import check_output_path, read_image, write_image
 from mambamim.infer.memory import (
     MemoryEstimate,
     activation_bytes_per_voxel,
     available_bytes,
     estimate_memory,
-    format_bytes,
 )
 from mambamim.infer.package import LoadedPackage
 from mambamim.infer.preprocess import to_model_space
@@ -71,56 +73,56 @@ class SegmentResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     memory_estimate: dict[str, int] = field(default_factory=dict)  # bytes per device, before the run
     windows: dict[str, Any] = field(default_factory=dict)  # policy, roi, overlap, count of the run
-    output: Optional[Path] = None
-    probabilities: Optional[np.ndarray] = None  # (classes, Z, Y, X) on the input grid, when kept
+    output: Path | None = None
+    probabilities: np.ndarray | None = None  # (classes, Z, Y, X) on the input grid, when kept
     members: list[str] = field(default_factory=list)  # packages and probability files averaged
     tta_passes: int = 1  # network passes per window (8 with mirroring)
-    probability_file: Optional[Path] = None
+    probability_file: Path | None = None
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available else CPU; ``cuda`` without a usable GPU is an error."""
     if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
+        raise InvalidInput(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise Unavailable(
             "--device cuda was asked for but torch sees no CUDA GPU (CPU-only build or no driver); "
             "use --device cpu or auto"
         )
     return torch.device(name)
 
 
-def check_channels(card: dict[str, Any], package_path: Union[str, Path]) -> None:
+def check_channels(card: ModelCard, package_path: str | Path) -> None:
     """Refuse a package needing more input channels than one image provides."""
-    if int(card["input"]["channels"]) != 1:
-        raise ValueError(
-            f"model package {package_path} needs {card['input']['channels']} input channels; "
+    if card.input.channels != 1:
+        raise InvalidInput(
+            f"model package {package_path} needs {card.input.channels} input channels; "
             "segment takes one image"
         )
 
 
 def segment_image(
     image: sitk.Image,
-    package: Union[LoadedPackage, Sequence[LoadedPackage]],
+    package: LoadedPackage | Sequence[LoadedPackage],
     *,
     device: str = "auto",
     fast: bool = False,
-    overlap: Optional[float] = None,
-    sw_batch_size: Optional[int] = None,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
     keep_largest: bool = False,
-    tta: Optional[bool] = None,
+    tta: bool | None = None,
     saved: Sequence[SavedProbabilities] = (),
     keep_probabilities: bool = False,
-    modality: Optional[str] = None,
+    modality: str | None = None,
     allow_label_map: bool = False,
     allow_other_modality: bool = False,
     allow_small: bool = False,
     window_policy: str = "auto",
     source: str = "the input volume",
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> SegmentResult:
     """Segment ``image`` with ``package`` (or an ensemble of packages); see the module docstring.
 
@@ -135,9 +137,9 @@ def segment_image(
     t_start = time.perf_counter()
     packages = [package] if isinstance(package, LoadedPackage) else list(package)
     if not packages and not saved:
-        raise ValueError("no model package given")
+        raise InvalidInput("no model package given")
     check_same_labels(
-        [(str(p.path), p.card["labels"]) for p in packages] + [(str(s.path), s.labels) for s in saved]
+        [(str(p.path), p.card.labels_as_dicts()) for p in packages] + [(str(s.path), s.labels) for s in saved]
     )
     for item in saved:
         check_probability_grid(item, image, source)
@@ -146,7 +148,7 @@ def segment_image(
         check_segmentation_input(
             image,
             source,
-            member.card,
+            member.card.input.modality,
             modality=modality,
             allow_label_map=allow_label_map,
             allow_other_modality=allow_other_modality,
@@ -184,7 +186,7 @@ def segment_image(
     if keep_largest:
         from mambamim.infer.postprocess import keep_largest_component
 
-        table = packages[0].card["labels"] if packages else saved[0].labels
+        table = packages[0].card.labels_as_dicts() if packages else saved[0].labels
         labels = keep_largest_component(labels, [label["value"] for label in table])
     label_map = label_image(labels, image)
     timings["postprocess"] = time.perf_counter() - t
@@ -211,41 +213,41 @@ def _predict(
     sw_device: torch.device,
     *,
     fast: bool,
-    overlap: Optional[float],
-    sw_batch_size: Optional[int],
+    overlap: float | None,
+    sw_batch_size: int | None,
     tta: bool,
     window_policy: str,
     update: Callable[[str, float, str], None],
     notes: list[str],
-    cancel: Optional[CancelToken],
+    cancel: CancelToken | None,
     timings: dict[str, float],
 ) -> tuple[ModelGridProbabilities, dict[str, Any]]:
     """One package's softmax probabilities on its model grid, and how the run went."""
     card = package.card
 
-    def note(message: str) -> None:
+    def report(message: str) -> None:
         notes.append(message)
         logger.warning(message)
         update("inference", 0.0, message)
 
-    spacing = np.asarray(card["input"]["spacing"], dtype=float)
-    run_overlap = float(card["input"]["overlap"])
+    spacing = np.asarray(card.input.spacing, dtype=float)
+    run_overlap = card.input.overlap
     if fast:
         spacing = spacing * FAST_SPACING_FACTOR
         run_overlap = min(run_overlap, FAST_OVERLAP)
 
     update("preprocess", 0.0, f"resampling to {spacing.round(3).tolist()} mm")
     t = time.perf_counter()
-    array, ref = to_model_space(image, spacing.tolist(), card["input"]["intensity"])
+    array, ref = to_model_space(image, spacing.tolist(), dict(card.input.intensity))
     timings["preprocess"] += time.perf_counter() - t
     update("preprocess", 1.0, f"model grid {list(array.shape)}")
     if cancel is not None:
         cancel.raise_if_cancelled()
 
     network = package.model.to(sw_device).eval()
-    num_classes = max(label["value"] for label in card["labels"]) + 1
+    num_classes = card.num_classes
     batch = int(sw_batch_size or default_sw_batch(sw_device.type))
-    card_roi = [int(r) for r in card["input"]["roi_size"]]
+    card_roi = list(card.input.roi_size)
     per_voxel = activation_bytes_per_voxel(network, 1, card_roi)  # one probe pass, reused below
     plan = plan_windows(
         network,
@@ -264,7 +266,7 @@ def _predict(
     layout = f"sliding {roi} windows at overlap {run_overlap} ({plan.policy}: {plan.reason}){mirroring}"
     update("inference", 0.0, layout)
     batch, stitch_device, estimate = _plan_memory(
-        network, array.shape, roi, num_classes, sw_device, batch, note, per_voxel
+        network, array.shape, roi, num_classes, sw_device, batch, report, per_voxel
     )
     needs = ", ".join(
         f"{format_bytes(estimate.needed_on(d))} on {d}" for d in sorted({sw_device.type, "cpu"})
@@ -287,7 +289,7 @@ def _predict(
         device=stitch_device,
         on_window=on_window,
         cancel=cancel,
-        notify=note,
+        report=report,
     )
     del volume
     probabilities = torch.softmax(logits, dim=0).cpu().numpy()
@@ -312,15 +314,15 @@ def _predict(
 
 
 def segment_file(
-    input_path: Union[str, Path],
-    output_path: Union[str, Path],
+    input_path: str | Path,
+    output_path: str | Path,
     model: Models,
     *,
     overwrite: bool = False,
-    reference: Union[str, Path, None] = None,
-    save_probabilities: Union[str, Path, bool, None] = None,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelToken] = None,
+    reference: str | Path | None = None,
+    save_probabilities: str | Path | bool | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
     **options: Any,
 ) -> SegmentResult:
     """Read ``input_path``, segment it, write the label map atomically to ``output_path``.
@@ -340,28 +342,28 @@ def segment_file(
             overwrite,
         )
     t_start = time.perf_counter()
-    emit = progress or (lambda event: None)
-    emit(ProgressEvent("load", 0.0, None, f"reading {input_path}"))
+    progress = progress or (lambda event: None)
+    progress(ProgressEvent("load", 0.0, None, f"reading {input_path}"))
     t = time.perf_counter()
     image = read_image(input_path)
     read_s = time.perf_counter() - t
     t = time.perf_counter()
     packages, saved = load_members(model)
     load_s = time.perf_counter() - t
-    labels_table = packages[0].card["labels"] if packages else saved[0].labels
+    labels_table = packages[0].card.labels_as_dicts() if packages else saved[0].labels
     reference_image = None
     if reference is not None:
         from mambamim.infer.evaluate import check_same_grid
 
         reference_image = read_image(reference, allow_constant=True)
         check_same_grid(image, reference_image, where=f"input {input_path}")
-    names = [f"{p.card['name']} {p.card['version']}" for p in packages] + [s.path.name for s in saved]
-    emit(ProgressEvent("load", 0.05, None, f"model {', '.join(names)}"))
+    names = [f"{p.card.name} {p.card.version}" for p in packages] + [s.path.name for s in saved]
+    progress(ProgressEvent("load", 0.05, None, f"model {', '.join(names)}"))
     if cancel is not None:
         cancel.raise_if_cancelled()
 
     def inner(event: ProgressEvent) -> None:
-        emit(ProgressEvent(event.stage, 0.05 + 0.9 * event.fraction, event.eta_s, event.message))
+        progress(ProgressEvent(event.stage, 0.05 + 0.9 * event.fraction, event.eta_s, event.message))
 
     options.setdefault("source", str(input_path))
     result = segment_image(
@@ -371,7 +373,7 @@ def segment_file(
     if cancel is not None:
         cancel.raise_if_cancelled()
     check_output_path(output_path, overwrite)  # again: the folder may have changed during the run
-    emit(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
+    progress(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
     t = time.perf_counter()
     result.output = write_image(result.labels, output_path, overwrite=overwrite)
     if probability_path is not None:
@@ -401,7 +403,7 @@ def _plan_memory(
     num_classes: int,
     sw_device: torch.device,
     batch: int,
-    note: Callable[[str], None],
+    report: Callable[[str], None],
     per_voxel: float,
 ) -> tuple[int, torch.device, MemoryEstimate]:
     """Choose the window batch and stitching device that fit (with their estimate), or refuse with advice.
@@ -428,11 +430,11 @@ def _plan_memory(
         batch //= 2
         est = estimate(batch, stitch)
         if est.needed_on(sw_device.type) <= free:
-            note(f"limited memory: sw_batch_size={batch}")
+            report(f"limited memory: sw_batch_size={batch}")
     if sw_device.type == "cuda" and est.needed_on("cuda") > free:
         stitch = torch.device("cpu")
         est = estimate(batch, stitch)
-        note("the output does not fit on the GPU next to the network: stitching on the CPU")
+        report("the output does not fit on the GPU next to the network: stitching on the CPU")
     if est.needed_on(sw_device.type) > free:
         where = "GPU memory" if sw_device.type == "cuda" else "RAM"
         advice = (

@@ -10,13 +10,13 @@ out-of-memory needs a fallback: halve the window batch, then move the stitching 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
+from mambamim.errors import InvalidInput
 from mambamim.infer.progress import CancelToken
 
 WindowCallback = Callable[[int, int], None]  # (windows done, windows total)
@@ -27,7 +27,7 @@ def window_slices(
 ) -> list[tuple[slice, ...]]:
     """Spatial slices of every window over an image at least ``roi_size`` large (MONAI's grid)."""
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise InvalidInput(f"overlap must be in [0, 1), got {overlap}")
     interval = [
         roi if roi >= size else max(int(roi * (1.0 - overlap)), 1) for size, roi in zip(image_size, roi_size)
     ]
@@ -43,19 +43,19 @@ def sliding_window_logits(
     sw_batch_size: int = 1,
     sw_device: torch.device | str = "cpu",
     device: torch.device | str = "cpu",
-    on_window: Optional[WindowCallback] = None,
-    cancel: Optional[CancelToken] = None,
-    notify: Optional[Callable[[str], None]] = None,
+    on_window: WindowCallback | None = None,
+    cancel: CancelToken | None = None,
+    report: Callable[[str], None] | None = None,
     sigma_scale: float = 0.125,
 ) -> torch.Tensor:
     """Blend the network's logits over windows of ``volume`` (C, X, Y, Z) into (classes, X, Y, Z).
 
     ``sw_device`` runs the network, ``device`` holds the stitched output (may differ: GPU network,
     CPU buffers for large volumes). ``cancel`` is checked before every window batch; ``on_window``
-    is called after each batch. ``notify`` receives a sentence whenever a memory fallback happens.
+    is called after each batch. ``report`` receives a sentence whenever a memory fallback happens.
     """
     if volume.ndim != 4:
-        raise ValueError(f"volume must be (channels, X, Y, Z), got shape {tuple(volume.shape)}")
+        raise InvalidInput(f"volume must be (channels, X, Y, Z), got shape {tuple(volume.shape)}")
     roi = [int(r) for r in roi_size]
     spatial = list(volume.shape[1:])
     # Pad small images up to the ROI (symmetric, like MONAI); 0 is background after normalisation.
@@ -69,9 +69,9 @@ def sliding_window_logits(
     total = len(slices)
     sw_device, device = torch.device(sw_device), torch.device(device)
     importance = compute_importance_map(tuple(roi), mode="gaussian", sigma_scale=sigma_scale, device=device)
-    output: Optional[torch.Tensor] = None
+    output: torch.Tensor | None = None
     weight = torch.zeros([1, *padded], dtype=torch.float32, device=device)
-    say = notify or (lambda message: None)
+    report = report or (lambda message: None)
 
     start = 0
     batch = max(int(sw_batch_size), 1)
@@ -94,7 +94,7 @@ def sliding_window_logits(
                 torch.cuda.empty_cache()
             if batch > 1:
                 batch = max(batch // 2, 1)
-                say(f"out of memory: retrying with sw_batch_size={batch}")
+                report(f"out of memory: retrying with sw_batch_size={batch}")
                 continue
             if device.type != "cpu":
                 device = torch.device("cpu")
@@ -102,7 +102,7 @@ def sliding_window_logits(
                 output = None if output is None else output.to(device)
                 if sw_device.type == "cuda":
                     torch.cuda.empty_cache()
-                say("out of memory: stitching the output on the CPU, the network stays on the GPU")
+                report("out of memory: stitching the output on the CPU, the network stays on the GPU")
                 continue
             raise MemoryError(
                 f"out of memory with one {tuple(roi)} window on {sw_device}; use --device cpu, --fast, "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 from torch import nn
@@ -29,7 +28,7 @@ def mirror_combinations(axes: Sequence[int] = SPATIAL_AXES) -> list[tuple[int, .
     return [combo for n in range(len(axes) + 1) for combo in itertools.combinations(axes, n)]
 
 
-def use_tta(requested: Optional[bool], device_type: str) -> bool:
+def use_tta(requested: bool | None, device_type: str) -> bool:
     """``requested`` when given (``--tta`` / ``--no-tta``), else the device's default."""
     return TTA_DEFAULT.get(device_type, False) if requested is None else bool(requested)
 
@@ -53,7 +52,7 @@ class MirroredNetwork(nn.Module):
         return len(self.flips)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total: Optional[torch.Tensor] = None
+        total: torch.Tensor | None = None
         for dims in self.flips:
             out = self.network(torch.flip(x, dims) if dims else x)
             if isinstance(out, (list, tuple)):  # deep supervision: full resolution first

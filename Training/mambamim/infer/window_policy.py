@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from mambamim.errors import InvalidInput
 from mambamim.infer.memory import ACTIVATION_PEAK_FRACTION
 
 POLICIES = ("auto", "card", "large")
@@ -63,7 +64,7 @@ def _plan(policy: str, shape, roi, overlap: float, reason: str) -> WindowPlan:
 
 def resolve_policy(policy: str, device_type: str) -> str:
     if policy not in POLICIES:
-        raise ValueError(f"unknown window policy {policy!r}; valid: {', '.join(POLICIES)}")
+        raise InvalidInput(f"unknown window policy {policy!r}; valid: {', '.join(POLICIES)}")
     return AUTO_POLICY.get(device_type, "card") if policy == "auto" else policy
 
 

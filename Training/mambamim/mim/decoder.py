@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mambamim.errors import InvalidInput
+
 
 def _conv_norm_act(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [
@@ -78,12 +80,12 @@ class MIMDecoder(nn.Module):
         super().__init__()
         encoder_channels, decoder_channels = tuple(encoder_channels), tuple(decoder_channels)
         if len(encoder_channels) < 2 or len(decoder_channels) != len(encoder_channels):
-            raise ValueError(
+            raise InvalidInput(
                 f"decoder_channels {decoder_channels} must give one width per encoder level "
                 f"(encoder channels {encoder_channels})"
             )
         if min(decoder_channels) < 1:
-            raise ValueError(f"decoder_channels must be positive, got {decoder_channels}")
+            raise InvalidInput(f"decoder_channels must be positive, got {decoder_channels}")
         self.skip = skip
         levels = len(encoder_channels)
         self.bottom_proj = nn.Conv3d(encoder_channels[-1], decoder_channels[-1], kernel_size=1)

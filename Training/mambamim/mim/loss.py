@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import torch
 
+from mambamim.errors import InvalidInput
+
 
 def _blocks(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, D, H, W) -> (B, C, d, p, h, p, w, p) view with d = D / p etc."""
     if x.dim() != 5:
-        raise ValueError(f"expected a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}")
+        raise InvalidInput(f"expected a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}")
     b, c, *size = x.shape
     if patch < 1 or any(s % patch for s in size):
-        raise ValueError(f"spatial size {tuple(size)} is not a multiple of the normalisation patch {patch}")
+        raise InvalidInput(f"spatial size {tuple(size)} is not a multiple of the normalisation patch {patch}")
     d, h, w = (s // patch for s in size)
     return x.reshape(b, c, d, patch, h, patch, w, patch)
 
@@ -51,15 +53,15 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     ``mask`` is (B, 1, D, H, W) or (B, D, H, W) bool at the prediction's resolution.
     """
     if prediction.shape != target.shape:
-        raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ")
+        raise InvalidInput(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ")
     if mask.dim() == 4:
         mask = mask.unsqueeze(1)
     if mask.shape[0] != prediction.shape[0] or mask.shape[2:] != prediction.shape[2:]:
-        raise ValueError(f"mask {tuple(mask.shape)} does not match prediction {tuple(prediction.shape)}")
+        raise InvalidInput(f"mask {tuple(mask.shape)} does not match prediction {tuple(prediction.shape)}")
     weight = mask.to(prediction.dtype)
     count = weight.sum() * prediction.shape[1]
     if not bool(count > 0):
-        raise ValueError("the mask hides no voxel, so the masked reconstruction loss is undefined")
+        raise InvalidInput("the mask hides no voxel, so the masked reconstruction loss is undefined")
     return ((prediction - target).square() * weight).sum() / count
 
 

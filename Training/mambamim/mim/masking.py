@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mambamim.errors import InvalidInput
+
 
 def masked_token_count(num_tokens: int, ratio: float) -> int:
     """``round(ratio * num_tokens)``; raises unless at least one token is masked and one stays visible.
@@ -19,10 +21,10 @@ def masked_token_count(num_tokens: int, ratio: float) -> int:
     Python's ``round`` (half to even) decides ties, as in the reference implementation.
     """
     if not 0.0 < float(ratio) < 1.0:
-        raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
+        raise InvalidInput(f"mask ratio must be in (0, 1), got {ratio}")
     count = round(float(ratio) * num_tokens)
     if not 0 < count < num_tokens:
-        raise ValueError(
+        raise InvalidInput(
             f"mask ratio {ratio} masks {count} of {num_tokens} tokens; at least one token must be masked "
             "and one visible (use a larger crop or a ratio further from 0 and 1)"
         )
@@ -41,10 +43,10 @@ def random_token_mask(
     same mask on every machine; move it to the model's device afterwards.
     """
     if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+        raise InvalidInput(f"batch must be >= 1, got {batch}")
     grid = tuple(int(g) for g in grid)
     if len(grid) != 3 or min(grid) < 1:
-        raise ValueError(f"grid must be three positive sizes (D, H, W), got {grid}")
+        raise InvalidInput(f"grid must be three positive sizes (D, H, W), got {grid}")
     num_tokens = grid[0] * grid[1] * grid[2]
     count = masked_token_count(num_tokens, ratio)
     device = generator.device if generator is not None else torch.device("cpu")
@@ -65,11 +67,11 @@ def upsample_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.BoolTensor:
     if mask.dim() == 4:
         mask = mask.unsqueeze(1)
     if mask.dim() != 5 or mask.shape[1] != 1:
-        raise ValueError(f"mask must be (B, D, H, W) or (B, 1, D, H, W), got shape {tuple(mask.shape)}")
+        raise InvalidInput(f"mask must be (B, D, H, W) or (B, 1, D, H, W), got shape {tuple(mask.shape)}")
     size = tuple(int(s) for s in size)
     grid = tuple(mask.shape[2:])
     if len(size) != 3 or any(s % g for s, g in zip(size, grid)):
-        raise ValueError(f"size {size} is not an integer multiple of the mask grid {grid}")
+        raise InvalidInput(f"size {size} is not an integer multiple of the mask grid {grid}")
     out = mask.bool()
     for axis, (s, g) in enumerate(zip(size, grid)):
         out = out.repeat_interleave(s // g, dim=2 + axis)

@@ -14,6 +14,7 @@ of the state dict load into ``build_model("hymamba", ...)`` of the same size wit
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mambamim.checkpoint import load_checkpoint
+from mambamim.errors import InvalidInput
 from mambamim.mim.decoder import MIMDecoder
 from mambamim.mim.loss import denormalize_patches, mim_loss
 from mambamim.mim.masking import random_token_mask, upsample_mask
@@ -32,6 +35,26 @@ from mambamim.nn.hymamba import HyMambaEncoder
 from mambamim.nn.state_dict import strict_mismatch
 
 MASK_TOKENS = ("toki", "learnable")
+# The ``format`` field of a pre-training checkpoint (written by the pre-training recipe).
+PRETRAIN_FORMAT = "mambamim-pretrain"
+
+
+@dataclass(frozen=True)
+class MambaMIMConfig:
+    """The constructor arguments that rebuild a :class:`MambaMIM` (``MambaMIM(**config.as_dict())``);
+    checkpoints store :meth:`as_dict` under ``config["model"]``."""
+
+    encoder_config: dict[str, Any]
+    mask_ratio: float
+    mask_token: str
+    skip: bool
+    bottom_up: bool
+    norm_pix_loss: bool
+    norm_patch: int
+    decoder_channels: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(dataclasses.asdict(self))
 
 
 @dataclass
@@ -71,6 +94,12 @@ class MambaMIM(nn.Module):
         norm_pix_loss: normalise the targets per ``norm_patch``³ patch (mean/variance).
         norm_patch: edge of the normalisation patch in voxels.
         decoder_channels: decoder width per level, finest first; ``None`` = 16·2^i.
+
+    Example::
+
+        model = MambaMIM(mask_ratio=0.75)  # the published HyMamba encoder
+        out = model(torch.randn(2, 1, 96, 96, 96))  # MIMOutput: out.loss, out.reconstruction, out.mask
+        out.loss.backward()
     """
 
     def __init__(
@@ -86,26 +115,26 @@ class MambaMIM(nn.Module):
     ) -> None:
         super().__init__()
         if mask_token not in MASK_TOKENS:
-            raise ValueError(f"unknown mask_token {mask_token!r}; valid: {', '.join(MASK_TOKENS)}")
+            raise InvalidInput(f"unknown mask_token {mask_token!r}; valid: {', '.join(MASK_TOKENS)}")
         if not 0.0 < float(mask_ratio) < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+            raise InvalidInput(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         if int(norm_patch) < 1:
-            raise ValueError(f"norm_patch must be >= 1, got {norm_patch}")
+            raise InvalidInput(f"norm_patch must be >= 1, got {norm_patch}")
         self.encoder = HyMambaEncoder(**(encoder_config or {}))
         channels = self.encoder.feature_channels  # skips at levels 0..L-1, then the Mamba map
         levels = len(channels)
         if decoder_channels is None:
             decoder_channels = tuple(16 * 2**i for i in range(levels))
-        self.config: dict[str, Any] = {
-            "encoder_config": copy.deepcopy(dict(encoder_config or {})),
-            "mask_ratio": float(mask_ratio),
-            "mask_token": mask_token,
-            "skip": bool(skip),
-            "bottom_up": bool(bottom_up),
-            "norm_pix_loss": bool(norm_pix_loss),
-            "norm_patch": int(norm_patch),
-            "decoder_channels": [int(c) for c in decoder_channels],
-        }
+        self.config = MambaMIMConfig(
+            encoder_config=copy.deepcopy(dict(encoder_config or {})),
+            mask_ratio=float(mask_ratio),
+            mask_token=mask_token,
+            skip=bool(skip),
+            bottom_up=bool(bottom_up),
+            norm_pix_loss=bool(norm_pix_loss),
+            norm_patch=int(norm_patch),
+            decoder_channels=[int(c) for c in decoder_channels],
+        )
         self.mask_ratio = float(mask_ratio)
         self.bottom_up = bool(bottom_up)
         self.norm_pix_loss = bool(norm_pix_loss)
@@ -141,7 +170,7 @@ class MambaMIM(nn.Module):
 
     def fill_masked_tokens(self, sequence: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Fill the masked slots of a scan-ordered (B, N, C) Mamba output (TOKI or the learnable token)."""
-        if self.config["mask_token"] == "toki":
+        if self.config.mask_token == "toki":
             return self.toki(sequence, masked)
         return torch.where(masked.unsqueeze(-1), self.mamba_mask_token.to(sequence.dtype), sequence)
 
@@ -166,7 +195,7 @@ class MambaMIM(nn.Module):
         if mask is None:
             mask = random_token_mask(x.shape[0], grid, self.mask_ratio, generator)
         if tuple(mask.shape) != (x.shape[0], *grid):
-            raise ValueError(f"mask must have shape {(x.shape[0], *grid)} for input {tuple(x.shape)}")
+            raise InvalidInput(f"mask must have shape {(x.shape[0], *grid)} for input {tuple(x.shape)}")
         mask = mask.to(device=x.device, dtype=torch.bool)
         masks = self.level_masks(mask, size)
         if self.bottom_up:
@@ -201,23 +230,23 @@ class MambaMIM(nn.Module):
         ``path`` only names the file in error messages."""
         config = (payload.get("config") or {}).get("model")
         if not isinstance(config, dict) or not isinstance(payload.get("model"), dict):
-            raise ValueError(f"checkpoint {path} lacks config['model'] or the 'model' weights")
+            raise InvalidInput(f"checkpoint {path} lacks config['model'] or the 'model' weights")
         try:
             model = cls(**config)
         except (TypeError, ValueError) as exc:
-            raise ValueError(
+            raise InvalidInput(
                 f"checkpoint {path}: cannot build MambaMIM from config['model']: {exc}"
             ) from None
         mismatch = strict_mismatch(model, payload["model"])
         if mismatch is not None:
-            raise ValueError(f"checkpoint {path}: its weights do not fit its own MambaMIM config: {mismatch}")
+            raise InvalidInput(
+                f"checkpoint {path}: its weights do not fit its own MambaMIM config: "
+                f"{mismatch}"
+            )
         model.load_state_dict(payload["model"])
         return model
 
 
 def load_pretrain_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a pre-training checkpoint payload (weights only), refusing any other kind of file."""
-    from mambamim.engine.checkpoint import load_checkpoint
-    from mambamim.engine.pretrain import PRETRAIN_FORMAT
-
     return load_checkpoint(path, map_location=map_location, expected_format=PRETRAIN_FORMAT)

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mambamim.errors import InvalidInput
+
 
 def cnn_features(
     encoder: nn.Module, x: torch.Tensor, masks: Sequence[torch.Tensor] | None = None
@@ -60,7 +62,7 @@ def cnn_features(
         return block.act(y + f)
 
     if masks is not None and encoder.skip_norm != "layer":
-        raise ValueError(
+        raise InvalidInput(
             f"sparse pre-training needs per-voxel norms in the skip blocks (skip_norm='layer'), "
             f"got skip_norm={encoder.skip_norm!r}: its statistics would mix masked voxels in"
         )
@@ -81,12 +83,12 @@ def visible_token_indices(masked: torch.Tensor) -> torch.Tensor:
     """
     visible_counts = (~masked).sum(dim=1)
     if bool((visible_counts != visible_counts[0]).any()):
-        raise ValueError(
+        raise InvalidInput(
             f"every sample must have the same number of visible tokens, got {visible_counts.tolist()}"
         )
     keep = int(visible_counts[0])
     if keep == 0:
-        raise ValueError("the mask hides every token; at least one must stay visible")
+        raise InvalidInput("the mask hides every token; at least one must stay visible")
     # Stable sort puts the visible (False) positions first, in their original order.
     return torch.argsort(masked.to(torch.int8), dim=1, stable=True)[:, :keep]
 
@@ -108,7 +110,7 @@ def visible_mamba_sequence(
     b, c, *grid = feature.shape
     grid = tuple(grid)
     if tuple(masked.shape) != (b, *grid):
-        raise ValueError(f"mask shape {tuple(masked.shape)} does not match the Mamba grid {(b, *grid)}")
+        raise InvalidInput(f"mask shape {tuple(masked.shape)} does not match the Mamba grid {(b, *grid)}")
     tokens = feature.flatten(2).transpose(1, 2) + stage.position_embedding(
         grid, feature.device, feature.dtype
     )

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambamim.errors import InvalidInput
+
 
 def run_positions(masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For every position of a (B, N) masked-flag sequence: index of the previous and next visible token.
@@ -67,13 +69,13 @@ def toki_fill(tokens: torch.Tensor, masked: torch.Tensor, decay: torch.Tensor) -
         at least, since the power sums lose too much in bfloat16 under autocast).
     """
     if tokens.dim() != 3 or masked.shape != tokens.shape[:2]:
-        raise ValueError(
+        raise InvalidInput(
             f"tokens must be (B, N, C) and masked (B, N); got {tuple(tokens.shape)} and {tuple(masked.shape)}"
         )
     if decay.shape != tokens.shape[2:]:
-        raise ValueError(f"decay must have shape ({tokens.shape[2]},), got {tuple(decay.shape)}")
+        raise InvalidInput(f"decay must have shape ({tokens.shape[2]},), got {tuple(decay.shape)}")
     if bool(masked.all(dim=1).any()):
-        raise ValueError("TOKI needs at least one visible token per sample")
+        raise InvalidInput("TOKI needs at least one visible token per sample")
     out_dtype = tokens.dtype
     tokens = tokens.to(torch.promote_types(tokens.dtype, torch.float32))
     batch, n, channels = tokens.shape
@@ -113,7 +115,7 @@ class TOKI(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
+            raise InvalidInput(f"channels must be >= 1, got {channels}")
         self.theta = nn.Parameter(torch.zeros(channels))
 
     def decay(self) -> torch.Tensor:

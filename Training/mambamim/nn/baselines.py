@@ -24,7 +24,13 @@ def _three_sizes(img_size: int | Sequence[int], multiple: int, model: str) -> tu
 
 class UNETRBaseline(UNETR):
     """MONAI UNETR (ViT-B/16 encoder: 12 layers, width 768, 12 heads). Its position embedding is
-    learned for ``img_size``, so inputs must have exactly that spatial size (sliding-window ROI)."""
+    learned for ``img_size``, so inputs must have exactly that spatial size (sliding-window ROI).
+
+    Example::
+
+        net = UNETRBaseline(in_channels=1, out_channels=14, img_size=96)
+        logits = net(torch.randn(1, 1, 96, 96, 96))  # (1, 14, 96, 96, 96)
+    """
 
     size_multiple: int = 16
 
@@ -71,6 +77,11 @@ class SwinUNETRBaseline(SwinUNETR):
 
     ``img_size`` is the training window and is only checked (a multiple of 32); any input whose
     sizes are multiples of 32 runs, since Swin attention pads to whole windows.
+
+    Example::
+
+        net = SwinUNETRBaseline(in_channels=1, out_channels=14)
+        logits = net(torch.randn(1, 1, 96, 96, 96))  # (1, 14, 96, 96, 96)
     """
 
     size_multiple: int = 32

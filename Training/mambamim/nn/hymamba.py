@@ -2,7 +2,7 @@
 
 The default network is the authors' published ``Hybird`` (``models/network/hymamba.py`` of
 github.com/FengheTan9/MambaMIM, commit 471c2f6, built by its ``build_hybird``): loading their weights
-through :mod:`mambamim.nn.convert` reproduces their outputs (``Testing/test_hymamba_published.py``
+through :mod:`mambamim.infer.convert` reproduces their outputs (``Testing/nn/test_published_networks.py``
 checks it against the authors' model saved as data). Every level *raises its channels before
 pooling*, so each skip lives at a finer resolution than its channel count suggests. With
 ``channels = (C0 .. C4) = (32, 64, 128, 192, 384)`` and a 96³ window:
@@ -117,6 +117,11 @@ class HyMambaEncoder(nn.Module):
         skip_norm: norm of the skip-refining residual blocks (published: ``layer``, per voxel; the only
             one MambaMIM's sparse pre-training accepts).
         final_norm: LayerNorm after the Mamba stage (not published).
+
+    Example::
+
+        encoder = HyMambaEncoder(channels=(8, 16, 32, 48, 96))
+        *skips, bottleneck = encoder(torch.randn(1, 1, 64, 64, 64))  # bottleneck: (1, 96, 4, 4, 4)
     """
 
     def __init__(
@@ -156,9 +161,17 @@ class HyMambaEncoder(nn.Module):
             ResidualConvBlock(c, c, norm=skip_norm, bias=True) for c in self.channels[1:]
         )
         self.mamba = VisionMambaStage(
-            channels[-1], mamba_depth, d_state, d_conv, expand, scan_order, seed, bidirectional, mlp_ratio,
-            final_norm,
-        )  # fmt: skip
+            channels[-1],
+            depth=mamba_depth,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            scan_order=scan_order,
+            seed=seed,
+            bidirectional=bidirectional,
+            mlp_ratio=mlp_ratio,
+            final_norm=final_norm,
+        )
 
     def features(self, x: torch.Tensor, refine_skips: bool = True) -> list[torch.Tensor]:
         """[skip0 .. skip3, bottleneck]; with ``refine_skips=False`` the raw skips, before ``skip_blocks``
@@ -197,6 +210,11 @@ class HyMamba(nn.Module):
         Remaining arguments: see :class:`HyMambaEncoder`.
 
     forward(x (B, in_channels, D, H, W)) -> logits (B, out_channels, D, H, W); D, H, W multiples of 16.
+
+    Example::
+
+        net = HyMamba(in_channels=1, out_channels=14)  # the published size, 13 BTCV organs + background
+        logits = net(torch.randn(1, 1, 96, 96, 96))  # (1, 14, 96, 96, 96)
     """
 
     size_multiple: int = 16
@@ -224,9 +242,22 @@ class HyMamba(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = HyMambaEncoder(
-            in_channels, channels, blocks, expansion, kernel_size, mamba_depth,
-            d_state, d_conv, expand, scan_order, seed, bidirectional, mlp_ratio, skip_norm, final_norm,
-        )  # fmt: skip
+            in_channels=in_channels,
+            channels=channels,
+            blocks=blocks,
+            expansion=expansion,
+            kernel_size=kernel_size,
+            mamba_depth=mamba_depth,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            scan_order=scan_order,
+            seed=seed,
+            bidirectional=bidirectional,
+            mlp_ratio=mlp_ratio,
+            skip_norm=skip_norm,
+            final_norm=final_norm,
+        )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.size_multiple = self.encoder.size_multiple

@@ -9,7 +9,6 @@ scan backend is not forced to "torch"; otherwise the block is composed from :mod
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +71,7 @@ class Mamba(nn.Module):
         d_state: int = 16,
         d_conv: int = 4,
         expand: int = 2,
-        dt_rank: Union[int, str] = "auto",
+        dt_rank: int | str = "auto",
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init: str = "random",
@@ -81,7 +80,7 @@ class Mamba(nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         use_fast_path: bool = True,
-        layer_idx: Optional[int] = None,
+        layer_idx: int | None = None,
         device=None,
         dtype=None,
     ) -> None:

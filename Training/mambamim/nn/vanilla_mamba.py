@@ -39,6 +39,11 @@ class VanillaMamba(nn.Module):
         scan_order, seed: token order (see :mod:`mambamim.nn.scan_orders`).
         bidirectional: BiMamba layers.
         norm_name: decoder normalisation (MONAI name).
+
+    Example::
+
+        net = VanillaMamba(in_channels=1, out_channels=14, img_size=96)
+        logits = net(torch.randn(1, 1, 96, 96, 96))  # (1, 14, 96, 96, 96); the input must be img_size
     """
 
     size_multiple: int = _UNETR_PATCH

@@ -17,6 +17,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mambamim.errors import InvalidInput
+
 HYMAMBA_SIZE_MULTIPLE = 16
 TAMING_MODELS = ("segmamba", "bisegmamba", "multisegmamba", "segmambaskip")
 
@@ -29,11 +31,11 @@ def adapt_patch_size(patch_size: Sequence[int], multiple: int = HYMAMBA_SIZE_MUL
 def check_patch_size(patch_size: Sequence[int], multiple: int, model: str) -> None:
     """Refuse, naming the axis, a patch size the network cannot take."""
     if len(patch_size) != 3:
-        raise ValueError(f"{model} is a 3-D network; the plan's patch size {list(patch_size)} is not 3-D "
+        raise InvalidInput(f"{model} is a 3-D network; the plan's patch size {list(patch_size)} is not 3-D "
                          "(use the 3d_fullres or 3d_lowres configuration)")
     for axis, size in enumerate(patch_size):
         if size % multiple:
-            raise ValueError(
+            raise InvalidInput(
                 f"{model} needs every patch axis to be a multiple of {multiple}; the plan's patch size "
                 f"{list(patch_size)} has {size} on axis {axis}. Use the MambaMIM trainer, which rounds it "
                 f"up to {adapt_patch_size(patch_size, multiple)}, or edit patch_size in the plans."
@@ -56,7 +58,7 @@ def _isotropic(values: Sequence[Sequence[int]], what: str) -> list[int]:
         per_axis = [int(v) for v in per_axis]
         for axis, value in enumerate(per_axis):
             if value != per_axis[0]:
-                raise ValueError(
+                raise InvalidInput(
                     f"the plan's {what} of stage {stage} is {per_axis}: axis {axis} differs from axis 0. The "
                     "Taming Mambas networks here treat every axis alike; plan with isotropic target spacing "
                     "(e.g. nnUNetv2_plan_and_preprocess -overwrite_target_spacing) or resample the data."
@@ -69,10 +71,13 @@ def taming_config_from_plan(arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Constructor arguments of a Taming Mambas network from a plan's ``network_arch_init_kwargs``."""
     strides = _isotropic(arch_kwargs["strides"], "stride")
     if strides[0] != 1:
-        raise ValueError(f"the plan's first stage has stride {strides[0]}; the stem runs at full resolution")
+        raise InvalidInput(
+            f"the plan's first stage has stride {strides[0]}; the stem runs at full "
+            "resolution"
+        )
     kernels = set(_isotropic(arch_kwargs["kernel_sizes"], "kernel size"))
     if len(kernels) != 1:
-        raise ValueError(f"the plan uses several kernel sizes {sorted(kernels)}; these networks take one")
+        raise InvalidInput(f"the plan uses several kernel sizes {sorted(kernels)}; these networks take one")
     blocks = arch_kwargs.get("n_blocks_per_stage", arch_kwargs.get("n_conv_per_stage"))
     return {
         "channels": [int(c) for c in arch_kwargs["features_per_stage"]],
@@ -96,7 +101,7 @@ def taming_config(
     :data:`TAMING_MODELS`) with the plan's architecture; ``overrides`` replace entries (e.g. narrower
     ``channels`` with the same number of stages)."""
     if model not in TAMING_MODELS:
-        raise ValueError(f"unknown Taming Mambas network {model!r}; valid: {', '.join(TAMING_MODELS)}")
+        raise InvalidInput(f"unknown Taming Mambas network {model!r}; valid: {', '.join(TAMING_MODELS)}")
     config = {
         "in_channels": in_channels,
         "out_channels": out_channels,

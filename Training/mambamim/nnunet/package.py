@@ -29,10 +29,12 @@ from typing import Any
 
 import torch
 
+from mambamim.errors import MambaMIMError
+
 READER_AXES = {"SimpleITKIO": (2, 1, 0), "NibabelIO": (0, 1, 2), "NibabelIOWithReorient": (0, 1, 2)}
 
 
-class NNUNetConversionError(ValueError):
+class NNUNetConversionError(MambaMIMError, ValueError):
     """The nnU-Net model folder cannot become one of our packages; the message says why."""
 
 

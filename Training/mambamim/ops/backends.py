@@ -16,9 +16,11 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
+
+from mambamim.errors import Unavailable
 
 ENV_VAR = "MAMBAMIM_SCAN_BACKEND"
 BACKENDS = ("auto", "cuda", "triton", "torch")
@@ -33,7 +35,7 @@ _KERNELS: dict[str, tuple[str, str, str]] = {
 
 
 @functools.cache
-def cuda_kernel(op: str) -> tuple[Optional[Callable[..., Any]], str]:
+def cuda_kernel(op: str) -> tuple[Callable[..., Any] | None, str]:
     """``(function or None, reason)`` for the CUDA kernel of ``op``; the import is tried once."""
     package, module_name, attribute = _KERNELS[op]
     try:
@@ -45,7 +47,7 @@ def cuda_kernel(op: str) -> tuple[Optional[Callable[..., Any]], str]:
 
 
 @functools.cache
-def triton_scan() -> tuple[Optional[Callable[..., Any]], str]:
+def triton_scan() -> tuple[Callable[..., Any] | None, str]:
     """``(selective_scan_triton or None, reason)``; imports Triton (and compiles nothing) once."""
     try:
         module = importlib.import_module("mambamim.ops.selective_scan_triton")
@@ -61,7 +63,7 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
 
 
-def requested_backend(backend: Optional[str] = None) -> str:
+def requested_backend(backend: str | None = None) -> str:
     """The backend asked for: the argument, else the environment variable, else ``"auto"``."""
     source = "backend argument" if backend is not None else f"environment variable {ENV_VAR}"
     value = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
@@ -71,7 +73,7 @@ def requested_backend(backend: Optional[str] = None) -> str:
     return value
 
 
-def resolve_backend(op: str, on_cuda: bool, backend: Optional[str] = None) -> str:
+def resolve_backend(op: str, on_cuda: bool, backend: str | None = None) -> str:
     """``"cuda"``, ``"triton"`` or ``"torch"`` for one call of ``op`` on tensors that are (not) on CUDA."""
     request = requested_backend(backend)
     if request == "torch" or (request == "triton" and op not in TRITON_OPS):
@@ -79,9 +81,9 @@ def resolve_backend(op: str, on_cuda: bool, backend: Optional[str] = None) -> st
     if request == "triton":
         function, reason = triton_scan()
         if function is None:
-            raise RuntimeError(f"{op} backend 'triton' was requested but is unavailable: {reason}")
+            raise Unavailable(f"{op} backend 'triton' was requested but is unavailable: {reason}")
         if not (on_cuda or triton_interpreter()):
-            raise RuntimeError(
+            raise Unavailable(
                 f"{op} backend 'triton' was requested but the input tensors are not on CUDA "
                 "(Triton runs CPU tensors only under its interpreter, TRITON_INTERPRET=1)"
             )
@@ -94,9 +96,9 @@ def resolve_backend(op: str, on_cuda: bool, backend: Optional[str] = None) -> st
             return "cuda"
         return "triton" if op in TRITON_OPS and triton_scan()[0] is not None else "torch"
     if kernel is None:
-        raise RuntimeError(f"{op} backend 'cuda' was requested but is unavailable: {reason}")
+        raise Unavailable(f"{op} backend 'cuda' was requested but is unavailable: {reason}")
     if not on_cuda:
-        raise RuntimeError(f"{op} backend 'cuda' was requested but the input tensors are not on CUDA")
+        raise Unavailable(f"{op} backend 'cuda' was requested but the input tensors are not on CUDA")
     return "cuda"
 
 

@@ -7,8 +7,6 @@ tensors are on CUDA (see :mod:`mambamim.ops.backends`), else ``F.conv1d`` with l
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -20,8 +18,8 @@ ACTIVATIONS = (None, "silu", "swish")
 def causal_conv1d_torch(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor] = None,
-    activation: Optional[str] = None,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
 ) -> torch.Tensor:
     """Pure-PyTorch causal depthwise conv1d: left-pad by ``width - 1`` and convolve per channel."""
     _check_inputs(x, weight, bias, activation)
@@ -33,10 +31,10 @@ def causal_conv1d_torch(
 def causal_conv1d_fn(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor] = None,
-    activation: Optional[str] = None,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
     *,
-    backend: Optional[str] = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Causal depthwise conv1d with causal-conv1d's arguments.
 

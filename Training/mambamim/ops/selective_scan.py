@@ -21,7 +21,7 @@ The pure-PyTorch backend is a custom autograd function over chunks of ``T`` time
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -190,12 +190,12 @@ def selective_scan_torch(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    D: Optional[torch.Tensor] = None,
-    z: Optional[torch.Tensor] = None,
-    delta_bias: Optional[torch.Tensor] = None,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> ScanOutput:
     """Pure-PyTorch selective scan (any device); computes in float32 (float64 for float64 ``u``)."""
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
@@ -228,13 +228,13 @@ def selective_scan_fn(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    D: Optional[torch.Tensor] = None,
-    z: Optional[torch.Tensor] = None,
-    delta_bias: Optional[torch.Tensor] = None,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
     *,
-    backend: Optional[str] = None,
+    backend: str | None = None,
 ) -> ScanOutput:
     """Selective scan with mamba-ssm's arguments; runs mamba-ssm's CUDA kernel or our PyTorch scan.
 

@@ -25,8 +25,6 @@ hundreds of thousands of tokens (Taming Mambas at full resolution) need no more 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
@@ -214,7 +212,7 @@ def _scan_bwd_kernel(
         tl.store(dbias_ptr + batch * d + offs_d, grad_bias, mask=mask_d)
 
 
-def _blocks(d_per_group: int, n: int, block_l: Optional[int]) -> tuple[int, int, int]:
+def _blocks(d_per_group: int, n: int, block_l: int | None) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_N, BLOCK_L): powers of two, one tile of about ``_TILE_ELEMENTS`` elements."""
     block_n = triton.next_power_of_2(n)
     block_d = min(4, triton.next_power_of_2(d_per_group))
@@ -230,7 +228,7 @@ _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus: bool, block_l: Optional[int]):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus: bool, block_l: int | None):
         b, d, L = u.shape
         groups, n = B.shape[1], A.shape[1]
         d_per_group = d // groups
@@ -302,19 +300,19 @@ def selective_scan_triton(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    D: Optional[torch.Tensor] = None,
-    z: Optional[torch.Tensor] = None,
-    delta_bias: Optional[torch.Tensor] = None,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ):
     """Triton selective scan; arguments and results as :func:`mambamim.ops.selective_scan.selective_scan_fn`
     (inputs already checked there). Computes in float32 (float64 for float64 ``u``); ``chunk_size``: time
     steps per chunk, a power of two (default from the tile size)."""
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
 
-    def prepare(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def prepare(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(compute).contiguous()
 
     B4 = B if B.dim() == 4 else B.unsqueeze(1)

@@ -15,6 +15,12 @@ from mambamim.nn.taming.segmamba import SegMamba
 
 class BiSegMamba(SegMamba):
     """Residual U-Net + a bidirectional Mamba scan per encoder stage; arguments as :class:`SegMamba`
-    (``scan_order`` sets the forward direction, the backward direction scans it reversed)."""
+    (``scan_order`` sets the forward direction, the backward direction scans it reversed).
+
+    Example::
+
+        net = BiSegMamba(in_channels=1, out_channels=14)
+        logits = net(torch.randn(1, 1, 64, 64, 64))  # (1, 14, 64, 64, 64)
+    """
 
     bidirectional = True

@@ -1,10 +1,11 @@
-"""Taming Mambas checkpoints (nnU-Net ``network_weights``) -> our state dict and configuration.
+"""Taming Mambas checkpoints (nnU-Net ``network_weights``): which variant and configuration they hold.
 
-Our networks keep the authors' module names (:mod:`mambamim.nn.taming.network`), so conversion drops the
-aliases nnU-Net saves (``decoder.encoder.*``: the encoder again, held by their decoder; ``*.all_modules.N.*``:
-each conv and norm a second time) and infers the configuration from the shapes. BiSegMamba (their
-``PanSegMamba``) and SegMambaSkip have the same parameters and differ only in the forward: the trainer
-name stored in nnU-Net checkpoints tells them apart, else the caller must (``model=``).
+Our networks keep the authors' module names (:mod:`mambamim.nn.taming.network`), so conversion
+(:func:`mambamim.infer.convert.convert_taming`) drops the aliases nnU-Net saves (``decoder.encoder.*``:
+the encoder again, held by their decoder; ``*.all_modules.N.*``: each conv and norm a second time) and
+infers the configuration from the shapes (here). BiSegMamba (their ``PanSegMamba``) and SegMambaSkip have
+the same parameters and differ only in the forward: the trainer name stored in nnU-Net checkpoints tells
+them apart, else the caller must (``model=``).
 """
 
 from __future__ import annotations
@@ -61,25 +62,3 @@ def taming_config(state: Mapping[str, torch.Tensor], variant: str) -> dict[str, 
             raise ValueError(f"per-stage d_state {states} follows neither min(C, {cap}) nor one fixed size")
         config["d_state"] = states[0]
     return config
-
-
-def convert_taming_state(state: dict[str, torch.Tensor], trainer_name: str = "", model: str | None = None):
-    """Drop nnU-Net's aliases and infer the variant and configuration (a ``Conversion``)."""
-    from mambamim.nn.convert import Conversion, ConversionError
-
-    dropped: dict[str, str] = {}
-    kept: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.startswith("decoder.encoder.") or ".all_modules." in key:
-            dropped[key] = ALIAS_REASON
-        else:
-            kept[key] = value
-    try:
-        variant = model or taming_variant(kept, trainer_name)
-        config = taming_config(kept, variant)
-    except ValueError as exc:
-        raise ConversionError(str(exc)) from None
-    unmapped = [k for k in kept if not k.startswith(("encoder.", "decoder."))]
-    for key in unmapped:
-        kept.pop(key)
-    return Conversion(kept, variant, config, "Taming Mambas nnU-Net network", dropped, unmapped)

@@ -28,6 +28,11 @@ class MultiSegMamba(TamingUNet):
         axis_orders: distinct permutations of (0, 1, 2) over (D, H, W), slowest axis first.
         d_state: ``None`` = the authors' ``min(C, 64)`` per stage; an int fixes it for every stage.
         Remaining arguments: as :class:`~mambamim.nn.taming.segmamba.SegMamba`.
+
+    Example::
+
+        net = MultiSegMamba(in_channels=1, out_channels=14)
+        logits = net(torch.randn(1, 1, 64, 64, 64))  # (1, 14, 64, 64, 64)
     """
 
     def __init__(

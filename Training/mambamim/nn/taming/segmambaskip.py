@@ -13,6 +13,12 @@ from mambamim.nn.taming.bisegmamba import BiSegMamba
 
 class SegMambaSkip(BiSegMamba):
     """Residual U-Net whose skip connections (and bottleneck output) pass through a bidirectional Mamba
-    layer; arguments as :class:`~mambamim.nn.taming.segmamba.SegMamba`."""
+    layer; arguments as :class:`~mambamim.nn.taming.segmamba.SegMamba`.
+
+    Example::
+
+        net = SegMambaSkip(in_channels=1, out_channels=14)
+        logits = net(torch.randn(1, 1, 64, 64, 64))  # (1, 14, 64, 64, 64)
+    """
 
     mamba_in_skips = True
