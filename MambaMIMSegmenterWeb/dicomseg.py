@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Optional
 
 # (module, function): write_dicom_seg(label_map, source_dicom_dir, labels, out_path, ...), where
 # label_map is a label map file on the series' grid and labels are card records {value, name, color, ...}.
 WRITER = ("mambamim.infer.outputs.dicom_seg", "write_dicom_seg")
 
 
-def find_writer() -> tuple[Optional[Callable], str]:
+def find_writer() -> tuple[Callable | None, str]:
     """The writer and "", or None and the reason a user can act on."""
     module_name, function_name = WRITER
     try:

@@ -82,8 +82,8 @@ class CaseScene:
         self.segmentation = None
         self.reconstruction: tuple[Any, Any] | None = None
         self.labels: list[dict[str, Any]] = []  # the card's labels of the segmentation, in segment order
-        self.dicom_dir: Optional[Path] = None  # the DICOM series the scan came from, if any
-        self._work: Optional[Path] = None  # the case's own files (an extracted zip)
+        self.dicom_dir: Path | None = None  # the DICOM series the scan came from, if any
+        self._work: Path | None = None  # the case's own files (an extracted zip)
         self.opacity = 1.0
 
     # -- batching ---------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ def _safe_stem(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "scan"
 
 
-def _slicer_readable(path: Path, tmp: Path) -> tuple[Path, Optional[Path]]:
+def _slicer_readable(path: Path, tmp: Path) -> tuple[Path, Path | None]:
     """``path`` itself when Slicer reads it; else the scan converted to NRRD in ``tmp`` by mambamim's
     reader (MGH/MGZ, DICOM series folders, zipped DICOM), keeping its geometry. Second: the DICOM
     series folder (extracted into ``tmp`` from a zip), or None."""

@@ -155,7 +155,7 @@ def make_segmentation_demo(
     card["description"] = (
         "Small HyMamba (MambaMIM paper architecture, channels 8-96) for 13 BTCV organs. " + CARD_NOTE
     )
-    card["version"] = "0.4.0"  # 0.4.0: 0.3.0 + 1,000 steps; 0.3.0: published network; 0.2.0/0.1.0: earlier layout
+    card["version"] = "0.4.0"  # 0.4.0: 0.3.0 + 1,000 steps; 0.3.0: published network
     card_path.write_text(json.dumps(card, indent=2) + "\n")  # the weights (and their hash) are unchanged
     return {"best_dice": result.best_dice, "dice": result.metrics.get("dice"), "steps": result.step}
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from mambamim.nn.mamba import BiMamba, Mamba
 from mambamim.nn.state_dict import load_partial_state_dict
-from test_selective_scan import reference_scan
+from scan_reference import reference_scan
 
 BACKWARD_KEYS = ("A_b_log", "D_b", "conv1d_b.", "x_proj_b.", "dt_proj_b.")
 

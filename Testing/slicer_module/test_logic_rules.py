@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_modality_uses_the_engine_rule_and_the_engine_checks_again(
-    monkeypatch, logic, small_ct_node, tiny_package
+    monkeypatch, logic, small_ct_node, demo_package
 ):
     import mambamim.infer.modality as rule
 
-    job = logic.segment(small_ct_node, tiny_package, "cpu", waitForCompletion=False)
+    job = logic.segment(small_ct_node, demo_package, "cpu", waitForCompletion=False)
     try:
         command = job.runner.command
         assert command[command.index("--modality") + 1] == "CT", "the engine gets the modality to check"
@@ -30,17 +30,17 @@ def test_modality_uses_the_engine_rule_and_the_engine_checks_again(
     # One rule: change the engine's threshold and the module follows it.
     monkeypatch.setattr(rule, "CT_LOW_VALUE", -5000.0)
     with pytest.raises(InputError, match=r'Model "[^"]+" is for CT images, but "ct small" looks like MR'):
-        logic.segment(small_ct_node, tiny_package, "cpu")
+        logic.segment(small_ct_node, demo_package, "cpu")
     small_ct_node.SetAttribute("DICOM.Modality", "CT")  # a tag wins over intensities, as in the engine
-    job = logic.segment(small_ct_node, tiny_package, "cpu", waitForCompletion=False)
+    job = logic.segment(small_ct_node, demo_package, "cpu", waitForCompletion=False)
     job.cancel()
 
 
-def test_modality_check_turned_off_reaches_the_engine(monkeypatch, logic, small_ct_node, tiny_package):
+def test_modality_check_turned_off_reaches_the_engine(monkeypatch, logic, small_ct_node, demo_package):
     import mambamim.infer.modality as rule
 
     monkeypatch.setattr(rule, "CT_LOW_VALUE", -5000.0)  # the volume now looks like MR to the rule
-    job = logic.segment(small_ct_node, tiny_package, "cpu", waitForCompletion=False, checkModality=False)
+    job = logic.segment(small_ct_node, demo_package, "cpu", waitForCompletion=False, checkModality=False)
     try:
         command = job.runner.command
         assert "--allow-other-modality" in command, "otherwise the engine refuses what the user allowed"
@@ -59,15 +59,15 @@ def test_engine_refuses_a_declared_other_modality():
     assert guess_modality([-1000, 0, 40] * 100) == "CT"
 
 
-def test_a_new_volume_gets_a_new_segmentation(app, logic, small_ct_node, tiny_package):
-    first = logic.segment(small_ct_node, tiny_package, "cpu", fast=True)
+def test_a_new_volume_gets_a_new_segmentation(app, logic, small_ct_node, demo_package):
+    first = logic.segment(small_ct_node, demo_package, "cpu", fast=True)
     other = app.addVolumeFromArray(volumeArray(small_ct_node).copy(), _ijk(small_ct_node), "other ct")
-    second = logic.segment(other, tiny_package, "cpu", fast=True)
+    second = logic.segment(other, demo_package, "cpu", fast=True)
     assert second is not first
     assert first.GetNodeReferenceID("referenceImageGeometryRef") == small_ct_node.GetID()
     assert second.GetNodeReferenceID("referenceImageGeometryRef") == other.GetID()
     assert (first.GetName(), second.GetName()) == ("ct small segmentation", "other ct segmentation")
-    again = logic.segment(small_ct_node, tiny_package, "cpu", fast=True)
+    again = logic.segment(small_ct_node, demo_package, "cpu", fast=True)
     assert again.GetName() != first.GetName(), "names stay unique"
 
 
