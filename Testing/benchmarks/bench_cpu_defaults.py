@@ -17,7 +17,7 @@ on an otherwise idle machine for the "quiet" figures; a machine already shared w
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -123,9 +123,9 @@ def main() -> int:
     cores = os.cpu_count() or 1
     threads = args.threads or [*sorted({1, torch.get_num_threads()}), 0]
     loaded = load_package(args.model)
-    card = copy.deepcopy(loaded.card)
-    if args.spacing:
-        card["input"]["spacing"] = [args.spacing] * 3
+    card = loaded.card
+    if args.spacing:  # the card is frozen: a copy with another spacing
+        card = dataclasses.replace(card, input=dataclasses.replace(card.input, spacing=(args.spacing,) * 3))
     package = LoadedPackage(model=loaded.model, card=card, path=loaded.path)
     image = read_image(args.input)
     conditions = []
@@ -164,7 +164,7 @@ def main() -> int:
             "cpu_count": cores,
             "package": os.path.relpath(args.model, ROOT),
             "input": os.path.relpath(args.input, ROOT),  # no absolute paths of this machine in the JSON
-            "spacing_mm": card["input"]["spacing"],
+            "spacing_mm": list(card.input.spacing),
             "label": args.label,
         }
         summary = {"robust": {"threads": robust[0], "batch": robust[1], "worst_slowdown": worst[robust]}}
