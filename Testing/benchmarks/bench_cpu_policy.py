@@ -62,13 +62,13 @@ def run_model(package_path: Path, image, reference, spacing: float, policies) ->
             "voxel_evaluations": result.windows["count"] * math.prod(result.windows["roi"]),
             "dice_vs_reference": {
                 r["name"]: r["dice"]
-                for r in compare_label_maps(result.labels, reference, card["labels"], hd95=False)
+                for r in compare_label_maps(result.labels, reference, card.labels_as_dicts(), hd95=False)
             },
         }
         print(f"  {package_path.name} {policy:<5} {wall:8.1f} s  {result.windows}", file=sys.stderr)
-    out = {"package": os.path.relpath(package_path, ROOT), "card_version": card.get("version"), "runs": runs}
+    out = {"package": os.path.relpath(package_path, ROOT), "card_version": card.version, "runs": runs}
     if "card" in labels and "large" in labels:
-        rows = compare_label_maps(labels["large"], labels["card"], card["labels"], hd95=False)
+        rows = compare_label_maps(labels["large"], labels["card"], card.labels_as_dicts(), hd95=False)
         found = [r for r in rows if r["ref_voxels"] > 0]  # organs the default (card) path finds
         out["agreement"] = {r["name"]: r["dice"] for r in found}
         out["agreement_min"] = min((r["dice"] for r in found), default=None)

@@ -16,7 +16,15 @@ import torch
 from mambamim.checkpoint import load_checkpoint
 
 SCRIPT = Path(__file__).resolve().parents[2] / "Training" / "pretrain.py"
-RUN_FILES = {"last.pt", "config.json", "train_log.csv", "epochs.csv", "encoder.safetensors", "tensorboard"}
+RUN_FILES = {
+    "last.pt",
+    "config.json",
+    "train_log.csv",
+    "epochs.csv",
+    "encoder.safetensors",
+    "tensorboard",
+    "progress.png",
+}
 
 
 def logged_steps(run: Path) -> int:

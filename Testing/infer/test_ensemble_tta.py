@@ -180,7 +180,9 @@ def test_cli_ensemble_tta_and_save_probabilities(small_ct, threshold_pkg, tmp_pa
     assert lines[-1]["stage"] == "done" and lines[-1]["outputs"] == {
         "labels": str(out),
         "probabilities": str(npz),
+        "seg_nrrd": str(tmp_path / "seg.seg.nrrd"),  # the default companion of a label map
     }
+    assert (tmp_path / "seg.seg.nrrd").is_file()
     assert any("[model 2/2]" in line["message"] for line in lines)
     assert any("mirroring TTA x8" in line["message"] for line in lines)
     saved = load_probabilities(npz)
@@ -203,3 +205,24 @@ def test_batch_mode_saves_one_probability_file_per_case(small_ct, threshold_pkg,
     assert (
         run_segment([*argv[:-3], "--save-probabilities", "x.npz", "--overwrite", "--progress", "none"]) == 1
     )
+
+
+def test_probability_file_alone_writes_the_seg_nrrd_with_its_labels(small_ct, threshold_pkg, tmp_path):
+    """No package to take the card from: the .seg.nrrd and statistics use the file's label table."""
+    import slicerio
+
+    npz = tmp_path / "probs.npz"
+    first = ["--input", str(small_ct), "--output", str(tmp_path / "a.nii.gz"), "--model", str(threshold_pkg),
+             "--device", "cpu", "--save-probabilities", str(npz), "--progress", "none"]  # fmt: skip
+    assert run_segment(first) == 0
+    out = tmp_path / "b.nii.gz"
+    argv = ["--input", str(small_ct), "--output", str(out), "--model", str(npz), "--statistics",
+            "--progress", "none"]  # fmt: skip
+    assert run_segment(argv) == 0
+    labels = sitk.GetArrayFromImage(read_image(out, allow_constant=True))
+    seg = slicerio.read_segmentation(str(tmp_path / "b.seg.nrrd"))
+    names = [label["name"] for label in load_probabilities(npz).labels]
+    assert [s["name"] for s in seg["segments"]] == names
+    np.testing.assert_array_equal(seg["voxels"], labels.transpose(2, 1, 0))
+    stats = json.loads((tmp_path / "b_statistics.json").read_text())
+    assert stats[names[0]]["voxels"] == int((labels == 1).sum())

@@ -115,10 +115,10 @@ def test_evaluate_command_folders(tmp_path):
     with open(tmp_path / "scores.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["case"], r["name"], r["status"]) for r in rows] == [
-        ("case1", "cube", "present"),
-        ("case1", "ghost", "absent"),
-        ("case2", "cube", "present"),
-        ("case2", "ghost", "absent"),
+        ("case1_seg", "cube", "present"),
+        ("case1_seg", "ghost", "absent"),
+        ("case2_seg", "cube", "present"),
+        ("case2_seg", "ghost", "absent"),
     ]
     assert float(rows[2]["dice"]) == pytest.approx(0.8) and rows[1]["dice"] == ""
     with pytest.raises(FileExistsError, match=r"scores\.csv already exists"):  # refused without --overwrite

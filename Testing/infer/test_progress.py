@@ -120,7 +120,10 @@ def test_segment_json_progress_stream(sample_ct, tmp_path, monkeypatch, capsys):
     stages = [line["stage"] for line in lines]
     assert stages[0] == "load" and stages[-1] == "done" and "inference" in stages and "write" in stages
     assert sum(line["message"].startswith("window") for line in lines) >= 2  # one line per window
-    assert lines[-1]["outputs"] == {"labels": str(out)} and out.exists()
+    # the label map and, by default, its Slicer .seg.nrrd copy beside it
+    seg_nrrd = out.parent / "labels.seg.nrrd"
+    assert lines[-1]["outputs"] == {"labels": str(out), "seg_nrrd": str(seg_nrrd)}
+    assert out.exists() and seg_nrrd.exists()
 
 
 def test_cli_child_process_reports_errors_as_json(tmp_path):

@@ -164,7 +164,9 @@ def test_batch_skips_a_bad_file_and_writes_timings(small_ct, threshold_pkg, tmp_
         rows = {r["case"]: r for r in csv.DictReader(handle)}
     assert {k: r["status"] for k, r in rows.items()} == {"broken": "error", "crop": "ok", "ct": "ok"}
     assert "cannot read" in rows["broken"]["message"] and float(rows["ct"]["seconds"]) > 0
-    assert sorted(p.name for p in out.iterdir()) == ["crop_seg.nrrd", "ct_seg.nrrd", "timings.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "crop_seg.nrrd", "crop_seg.seg.nrrd", "ct_seg.nrrd", "ct_seg.seg.nrrd", "timings.csv"
+    ]  # fmt: skip
     assert "2/3" in capsys.readouterr().out
 
 

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS = (
-    "info", "pretrain", "finetune", "evaluate", "package", "segment", "reconstruct", "convert", "web",
+    "info", "pretrain", "finetune", "crossval", "evaluate", "package", "segment", "reconstruct", "convert",
+    "web",
 )
 
 

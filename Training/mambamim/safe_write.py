@@ -101,7 +101,8 @@ def _hold_lock(staging: Path) -> int | None:
 
 
 def _owner_alive(entry: Path, pid: int) -> bool:
-    """Whether the writer of a staging entry still runs: its lock when it has one, else its pid."""
+    """Whether the writer of a staging entry may still run: a held lock says so (a writer in another PID
+    namespace), and so does a live pid (a writer that has created its folder but not yet locked it)."""
     lock = entry / _LOCK_FILE
     if fcntl is not None and lock.is_file():
         try:
@@ -114,7 +115,6 @@ def _owner_alive(entry: Path, pid: int) -> bool:
             return True  # held: the writer is alive
         finally:
             os.close(fd)
-        return False
     return pid == os.getpid() or psutil.pid_exists(pid)
 
 

@@ -66,7 +66,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ..
     run.add_argument(
         "--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
         help="continue a run: CHECKPOINT, or OUTPUT_DIR/last.pt when no path is given; the run's saved "
-        "settings are used (only --workers and --device may change)",
+        "settings are used (only --workers and --device may change; a larger --epochs extends the run)",
     )  # fmt: skip
     run.add_argument("--overwrite", action="store_true", help="start over in an output folder holding a run")
     run.add_argument(

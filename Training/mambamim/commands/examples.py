@@ -7,6 +7,7 @@ EXAMPLES = {
     "pretrain": "mambamim pretrain scans/ -o runs/pretrain --preset tiny --spacing 3 --epochs 2",
     "finetune": "mambamim finetune Task09_Spleen/dataset.json -o runs/spleen --preset tiny "
     "--pretrained runs/pretrain/encoder.safetensors",
+    "crossval": "mambamim crossval Dataset001_Liver -o runs/liver_cv --folds 5 --preset tiny",
     "evaluate": "mambamim evaluate --pred predictions/ --ref labelsTs/ --out dice.csv",
     "package": "mambamim package --checkpoint runs/spleen/best.pt --out spleen-hymamba "
     "--spacing 1.5 --intensity ct --roi-size 96",

@@ -19,7 +19,8 @@ PRESETS = ("paper", "tiny")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data", nargs="?", default=None,
-        help="MSD-style dataset.json, or an image folder paired with --labels-dir (not needed with --resume)",
+        help="MSD-style dataset.json, an nnU-Net v2 raw dataset (folder, or ID/name under $nnUNet_raw), or "
+        "an image folder paired with --labels-dir (not needed with --resume)",
     )  # fmt: skip
     parser.add_argument("--labels-dir", help="folder of label maps named like the images")
     parser.add_argument("--label-names", help='JSON label table {"1": "spleen", ...} (default: dataset.json)')
@@ -31,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--pretrained", help="MambaMIM checkpoint / encoder.safetensors / any partial state dict"
     )
+    model.add_argument(
+        "--allow-partial-encoder", action="store_const", const=True,
+        help="train on when --pretrained fits only in part (missing or other-shaped encoder tensors)",
+    )  # fmt: skip
     model.add_argument("--freeze-encoder-epochs", type=int, help="epochs with the encoder frozen (lr 0)")
     val = parser.add_argument_group("validation and split")
     val.add_argument("--split", choices=("auto", "kfold"),
@@ -52,20 +57,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pkg.add_argument("--license", help="licence of the weights for the model card")
 
 
-def run(args: argparse.Namespace) -> int:
-    from mambamim.engine.finetune import make_config, run_finetune
+def config_from_args(args: argparse.Namespace):
+    """The fine-tuning config the options ask for (also used by ``mambamim crossval``)."""
+    from mambamim.engine.finetune import make_config
 
     names = (
-        "labels_dir", "label_names", "model_name", "pretrained", "freeze_encoder_epochs", "split", "folds",
-        "fold", "val_every", "overlap", "sw_batch", "package_name", "modality", "training_data", "license",
+        "labels_dir", "label_names", "model_name", "pretrained", "allow_partial_encoder",
+        "freeze_encoder_epochs", "split", "folds", "fold", "val_every", "overlap", "sw_batch", "package_name",
+        "modality", "training_data", "license",
     )  # fmt: skip
-    explicit = {name: getattr(args, name) for name in names}
-    config = make_config(
-        args.preset, data=args.data, model=args.model_config, **explicit, **common_overrides(args)
-    )
+    explicit = {name: getattr(args, name, None) for name in names}
+    overrides = common_overrides(args)
+    return make_config(args.preset, data=args.data, model=args.model_config, **explicit, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mambamim.engine.finetune import run_finetune
+
+    config = config_from_args(args)
     result = run_finetune(
         config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
         overwrite=args.overwrite, show_bar=not args.no_progress, package_dir=args.package,
+        epochs=args.epochs,
     )  # fmt: skip
     if result.best_dice is not None:
         print(f"best validation mean Dice {result.best_dice:.4f}; package: {result.package}")

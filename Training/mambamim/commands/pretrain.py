@@ -19,8 +19,8 @@ PRESETS = ("paper", "tiny")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data", nargs="?", default=None,
-        help="folder of NIfTI/NRRD/MGH scans and DICOM series folders, one scan, or an MSD dataset.json "
-        "(not needed with --resume)",
+        help="folder of NIfTI/NRRD/MGH scans and DICOM series folders, one scan, an MSD dataset.json or an "
+        "nnU-Net v2 raw dataset (imagesTr and imagesTs; not needed with --resume)",
     )  # fmt: skip
     add_common_arguments(parser, PRESETS)
     add_training_aliases(parser)
@@ -53,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
     config = make_config(args.preset, data=args.data, model=model, **common_overrides(args))
     result = run_pretrain(
         config, args.output_dir, resume=args.resume, device=args.device, workers=args.workers,
-        overwrite=args.overwrite, show_bar=not args.no_progress,
+        overwrite=args.overwrite, show_bar=not args.no_progress, epochs=args.epochs,
     )  # fmt: skip
     return exit_code(result.status)

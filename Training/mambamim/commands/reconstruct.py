@@ -37,6 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", choices=("nrrd", "nii.gz"), default="nii.gz", help="volume file format")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    figure = parser.add_argument_group("figure")
+    figure.add_argument(
+        "--figure-format", choices=("png", "svg"), default="png", help="figure file format (default png)"
+    )
+    figure.add_argument("--figure-dpi", type=int, default=200, help="PNG resolution (default 200 dpi)")
+    figure.add_argument(
+        "--figure-raw", action="store_true",
+        help="add a column with the decoder's raw prediction: the default reconstruction de-normalises "
+        "each masked patch with that patch's TRUE mean and std (as the paper's figure), which makes even "
+        "an untrained model look plausible; the raw column shows what the model itself predicted",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace, reporter, cancel) -> dict[str, str]:
     import sys
 
+    from mambamim.infer.recon_figure import FigureOptions
     from mambamim.infer.reconstruct import reconstruct_file
 
     result = reconstruct_file(
@@ -62,6 +74,7 @@ def _reconstruct(args: argparse.Namespace, reporter, cancel) -> dict[str, str]:
         fmt=args.format,
         overwrite=args.overwrite,
         batch=args.batch,
+        figure=FigureOptions(args.figure_format, args.figure_dpi, args.figure_raw),
     )
     out = sys.stderr if args.progress == "json" else sys.stdout  # stdout carries only JSON in json mode
     print(

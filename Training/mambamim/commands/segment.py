@@ -114,6 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=("nii.gz", "nrrd"), default="nii.gz", help="batch-mode output format"
     )
+    from mambamim.infer.outputs.cli import add_output_arguments
+
+    add_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,6 +172,8 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
             raise InvalidInput(
                 "in batch mode --save-probabilities takes no file name (one .npz beside each label map)"
             )
+        from mambamim.infer.outputs.cli import batch_companion_options
+
         rows, csv_path = segment_folder(
             args.input,
             args.output,
@@ -178,6 +183,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
             save_probabilities=True if args.save_probabilities else None,
             progress=reporter,
             cancel=cancel,
+            companion_options=batch_companion_options(args),
             **options,
         )
         failed = [r for r in rows if r["status"] != "ok"]
@@ -185,6 +191,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         summary.extend(f"  skipped {row['case']}: {row['message']}" for row in failed)
         return {"folder": str(args.output), "timings": str(csv_path)}
 
+    from mambamim.infer.outputs.cli import companions_from_args
     from mambamim.infer.segment import segment_file
 
     result = segment_file(
@@ -196,6 +203,7 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         save_probabilities=args.save_probabilities,
         progress=reporter,
         cancel=cancel,
+        companions=companions_from_args(args),
         **options,
     )
     summary.extend(f"note: {note}" for note in result.notes)
@@ -205,7 +213,9 @@ def _segment(args: argparse.Namespace, reporter, cancel, summary: list[str]) -> 
         f"wrote {result.output} in {result.seconds:.1f} s on {result.device} "
         f"(model grid {list(result.model_shape)}; inference {result.timings['inference']:.1f} s)"
     )
+    summary.extend(f"wrote {path}" for path in result.companions.values())
+    outputs = {"labels": str(result.output), **{name: str(path) for name, path in result.companions.items()}}
     if result.probability_file is not None:
         summary.append(f"wrote probabilities {result.probability_file}")
-        return {"labels": str(result.output), "probabilities": str(result.probability_file)}
-    return {"labels": str(result.output)}
+        outputs["probabilities"] = str(result.probability_file)
+    return outputs

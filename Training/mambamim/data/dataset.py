@@ -18,6 +18,7 @@ import torch
 from monai.transforms import Compose
 from torch.utils.data import Dataset, Sampler
 
+from mambamim.data.progress_bars import terminal_bar
 from mambamim.errors import InvalidInput, MambaMIMError
 
 
@@ -57,7 +58,7 @@ class VolumeDataset(Dataset):
         if cache:
             # A file listed twice (e.g. in two dataset lists) is loaded once and shared.
             volumes: dict[str, dict | None] = {}
-            for item in self.items:
+            for item in terminal_bar(self.items, "caching volumes", "volume"):
                 key = json.dumps(item, sort_keys=True, default=str)
                 if key not in volumes:
                     volumes[key] = self._try_load(item)

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from mambamim.data.imageio import READ_SUFFIXES, is_dicom_folder
+from mambamim.data.label_checks import same_file
 from mambamim.data.labels import LabelError, parse_labels
+from mambamim.data.nnunet_raw import (
+    find_nnunet_dataset,
+    is_name_to_value,
+    labels_from_nnunet,
+    nnunet_unlabelled_items,
+    read_nnunet_dataset,
+)
 from mambamim.errors import InvalidInput
 
 
@@ -84,6 +92,8 @@ def paired_folders(image_dir: str | os.PathLike, label_dir: str | os.PathLike) -
     nnU-Net style ``case_0000.nii.gz`` images pair with ``case.nii.gz`` labels. An image without a label
     is an error naming it: silently dropping cases would change the split.
     """
+    if same_file(image_dir, label_dir):
+        raise ValueError(f"--labels-dir {label_dir} is the image folder itself; give the label maps' folder")
     labels = {_case_name(p): p for p in find_scans(label_dir)}
     pairs = []
     for image in find_scans(image_dir):
@@ -106,7 +116,11 @@ def _case_name(path: Path) -> str:
 
 
 def scan_list(source: str | os.PathLike) -> list[dict]:
-    """Unlabelled scans for pre-training: a folder, a single scan, or a dataset.json (all its lists)."""
+    """Unlabelled scans for pre-training: a folder, a single scan, a dataset.json (all its lists), or an
+    nnU-Net v2 raw dataset (imagesTr and imagesTs)."""
+    nnunet = find_nnunet_dataset(source)
+    if nnunet is not None:
+        return nnunet_unlabelled_items(read_nnunet_dataset(nnunet))
     path = Path(source)
     if path.suffix.lower() == ".json":
         items: list[dict] = []
@@ -151,7 +165,8 @@ def kfold_split(items: Sequence[Any], folds: int = 5, fold: int = 0, seed: int =
 def load_label_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Foreground labels ``[{value, name, color}]`` from a dataset.json (``labels``) or a JSON file.
 
-    The file holds ``{"1": "spleen", ...}`` (MSD style, background optional) or a list of
+    The file holds ``{"1": "spleen", ...}`` (MSD style, background optional), nnU-Net v2's
+    ``{"background": 0, "spleen": 1}``, or a list of
     ``{"value", "name", "color"?, "snomed"?}`` records; missing colours get the package palette.
     """
     path = Path(path)
@@ -161,6 +176,8 @@ def load_label_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     except (OSError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"cannot read label names from {path}: {exc}") from exc
     table = content.get("labels", content) if isinstance(content, dict) else content
+    if is_name_to_value(table):  # nnU-Net v2: {"background": 0, "liver": 1}
+        table = labels_from_nnunet(table, path)
     try:
         return parse_labels(table)
     except LabelError as exc:

@@ -21,13 +21,23 @@ from torch import nn
 
 from mambamim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mambamim.data.dataset import VolumeDataset
+from mambamim.data.label_checks import check_label_values
+from mambamim.data.nnunet_raw import (
+    channel_warning,
+    find_nnunet_dataset,
+    nnunet_training_items,
+    read_nnunet_dataset,
+)
+from mambamim.data.progress_bars import terminal_bar
 from mambamim.data.sources import has_list, kfold_split, load_dataset_json, load_label_table, paired_folders
 from mambamim.data.transforms import finetune_transforms, validation_transforms
 from mambamim.engine.distributed import DistributedContext, unwrap_model
 from mambamim.engine.loop import LoopState, LossFn, TrainingLoop
+from mambamim.engine.pretrained import check_encoder_fit, warn_on_setting_changes
 from mambamim.engine.setup import apply_preset
 from mambamim.engine.training import ModelSetup, Run, TrainingConfig, run_training
 from mambamim.errors import InvalidInput
+from mambamim.infer.card_metrics import card_metrics
 from mambamim.infer.package import FINETUNE_FORMAT, package_checkpoint
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -54,6 +64,7 @@ class FinetuneConfig(TrainingConfig):
     label_names: str = ""  # JSON label table; default: the dataset.json's "labels"
     model_name: str = "hymamba"
     pretrained: str = ""
+    allow_partial_encoder: bool = False  # train on when --pretrained fits only in part
     freeze_encoder_epochs: int = 0
     batch: int = 4
     epochs: int = 1000
@@ -85,7 +96,7 @@ class FinetuneConfig(TrainingConfig):
             raise InvalidInput(f"--freeze-encoder-epochs must be in [0, {self.epochs - 1}]")
 
     def data_hint(self) -> str:
-        return "a dataset.json, or an image folder with --labels-dir"
+        return "a dataset.json, an nnU-Net raw dataset, or an image folder with --labels-dir"
 
 
 def make_config(preset: str = "paper", **overrides: Any) -> FinetuneConfig:
@@ -106,7 +117,10 @@ class FinetuneResult:
 
 def dataset_split(config: FinetuneConfig) -> tuple[list[dict], list[dict], str]:
     """(train items, validation items, how the split was made)."""
-    if config.data.lower().endswith(".json"):
+    nnunet = find_nnunet_dataset(config.data)
+    if nnunet is not None:
+        items = nnunet_training_items(read_nnunet_dataset(nnunet))
+    elif config.data.lower().endswith(".json"):
         items = load_dataset_json(config.data, "training")
         if config.split == "auto" and has_list(config.data, "validation"):
             return items, load_dataset_json(config.data, "validation"), "the dataset's validation list"
@@ -114,8 +128,7 @@ def dataset_split(config: FinetuneConfig) -> tuple[list[dict], list[dict], str]:
         items = paired_folders(config.data, config.labels_dir)
     else:
         raise InvalidInput(
-            f"{config.data}: give a dataset.json, or an image folder together with "
-            "--labels-dir"
+            f"{config.data}: give a dataset.json, an nnU-Net raw dataset or an image folder with --labels-dir"
         )
     train, val = kfold_split(items, config.folds, config.fold, seed=0)
     how = f"fold {config.fold} of a {config.folds}-fold split (seed 0)"
@@ -125,7 +138,9 @@ def dataset_split(config: FinetuneConfig) -> tuple[list[dict], list[dict], str]:
 
 
 def label_table(config: FinetuneConfig) -> list[dict[str, Any]]:
-    source = config.label_names or (config.data if config.data.lower().endswith(".json") else "")
+    nnunet = find_nnunet_dataset(config.data)
+    source = config.label_names or (str(nnunet / "dataset.json") if nnunet is not None else "")
+    source = source or (config.data if config.data.lower().endswith(".json") else "")
     if not source:
         raise InvalidInput('--label-names is required with image/label folders (a JSON {"1": "spleen", ...})')
     return load_label_table(source)
@@ -161,8 +176,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_pretrained(model: nn.Module, path: Path, report) -> None:
-    """Load what fits, print matched / missing / unexpected; no matched encoder key is an error."""
+def load_pretrained(model: nn.Module, path: Path, report, allow_partial: bool = False) -> None:
+    """Load what fits, print matched / missing / unexpected; no matched encoder key is an error, and so
+    is an encoder that fits only in part unless ``allow_partial``."""
     from mambamim.nn.state_dict import load_partial_state_dict
 
     weights = read_weights(path)
@@ -179,6 +195,7 @@ def load_pretrained(model: nn.Module, path: Path, report) -> None:
             f"architecture and size? ({len(result.unexpected)} unexpected, "
             f"{len(result.shape_mismatched)} shape-mismatched){hint if authors else ''}"
         )
+    check_encoder_fit(list(model.state_dict()), result, path, allow_partial, report)
 
 
 def supervision_loss(loss_fn: nn.Module, output: Any, label: torch.Tensor) -> torch.Tensor:
@@ -214,7 +231,7 @@ def validate(
         include_background=False, reduction="none", ignore_empty=True, num_classes=num_classes
     )
     use_amp = config.amp and ctx.device.type == "cuda"
-    for index in range(len(dataset)):
+    for index in terminal_bar(range(len(dataset)), "validating", "case"):
         item = dataset[index]
         image = item["image"][None].to(ctx.device)
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -257,6 +274,9 @@ class FinetuneRecipe:
         config = run.config
         self.labels = label_table(config)
         train_items, val_items, self.split_how = dataset_split(config)
+        check_label_values(train_items + val_items, self.labels, show_bar=None if run.show_bar else False)
+        if warning := channel_warning(config.data, config.intensity):
+            run.report(warning)
         roi = (config.roi,) * 3
         deterministic, random = finetune_transforms(roi, config.num_samples, config.spacing, config.intensity)
         train_set = VolumeDataset(train_items, deterministic, random, config.seed, config.cache, run.report)
@@ -276,11 +296,18 @@ class FinetuneRecipe:
         model_config = {"out_channels": max(e["value"] for e in self.labels) + 1, **config.model}
         model = build_model(config.model_name, **model_config).to(run.ctx.device)
         if run.payload is None and config.pretrained:
-            load_pretrained(model, Path(config.pretrained), run.report)
+            load_pretrained(model, Path(config.pretrained), run.report, config.allow_partial_encoder)
+            warn_on_setting_changes(
+                Path(config.pretrained), config.model_name, config.model, config, run.report
+            )
         freeze = config.freeze_encoder_epochs > 0
         return ModelSetup(
             model,
-            {"model_name": config.model_name, "model_config": model_config},
+            # The label table and the split's caveat travel in every checkpoint: `package` needs no --labels.
+            {
+                "model_name": config.model_name, "model_config": model_config, "labels": self.labels,
+                "validation": self.split_how,
+            },
             param_groups=_param_groups(model, freeze),
             frozen_epochs={"encoder": config.freeze_encoder_epochs} if freeze else {},
             epoch_columns=["mean_dice", *(f"dice_{e['name']}" for e in self.labels)],
@@ -335,11 +362,14 @@ def run_finetune(
     workers: int | None = None,
     overwrite: bool = False,
     show_bar: bool = True,
+    epochs: int | None = None,
     package_dir: str | os.PathLike | None = None,
 ) -> FinetuneResult:
     """Fine-tune as ``config`` says and write a model package (default ``<output_dir>/package``)."""
     recipe = FinetuneRecipe(package_dir, overwrite)
-    return run_training(recipe, config, output_dir, resume, device, workers, overwrite, show_bar)
+    return run_training(
+        recipe, config, output_dir, resume, device, workers, overwrite, show_bar, epochs=epochs
+    )
 
 
 def write_package(
@@ -354,20 +384,12 @@ def write_package(
 ) -> Path:
     """Package the best checkpoint (the last one when no validation improved) with a model card."""
     source = output_dir / "best.pt" if (output_dir / "best.pt").is_file() else output_dir / "last.pt"
-    metrics = state.extra.get("metrics") or {}
     path = package_checkpoint(
         source,
         package_dir,
         labels=list(labels),
         training_data=config.training_data or f"fine-tuned on {config.data}",
-        metrics={
-            "validation": split_how,
-            "mean_dice": metrics.get("mean_dice"),
-            "dice": metrics.get("dice", {}),
-            "best_epoch": state.extra.get("best_epoch"),
-            "epochs": config.epochs,
-            "steps": state.step,
-        },
+        metrics=card_metrics(state.extra, split_how, config.epochs, state.step),
         description=f"{config.model_name} fine-tuned with mambamim finetune (preset {config.preset})"
         + (f" from {Path(config.pretrained).name}" if config.pretrained else ""),
         overwrite=overwrite,

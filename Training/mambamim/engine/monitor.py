@@ -1,4 +1,5 @@
-"""Training progress for people and files: a tqdm bar (loss, crops/s, ETA), CSV logs, TensorBoard.
+"""Training progress for people and files: a tqdm bar (loss, crops/s, ETA), CSV logs, ``progress.png``,
+TensorBoard.
 
 Only rank 0 creates a monitor that does anything; other ranks get a disabled one, so the loops call
 it unconditionally.
@@ -11,7 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mambamim.engine.progress_plot import ProgressPlot
 from mambamim.safe_write import safe_write
+
+TENSORBOARD_NOTICE = (
+    "note: TensorBoard is not installed (pip install tensorboard); curves go to {out_dir}/progress.png "
+    "and the CSV logs"
+)
 
 
 class CsvLog:
@@ -63,8 +70,10 @@ class TrainingMonitor:
         self.enabled = enabled
         self._bar = None
         self._tb = None
+        self._plot = None
         if not enabled:
             return
+        self._plot = ProgressPlot(out_dir)
         resume_step = start_step if resumed else None
         self.steps = CsvLog(out_dir / "train_log.csv", self.STEP_COLUMNS, resume_step)
         self.epochs = CsvLog(out_dir / "epochs.csv", ["epoch", "step", *epoch_columns], resume_step)
@@ -74,6 +83,7 @@ class TrainingMonitor:
             self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=start_step)
         except ImportError:  # tensorboard is optional
             self._tb = None
+            print(TENSORBOARD_NOTICE.format(out_dir=out_dir), file=sys.stderr, flush=True)
         if show_bar:
             from tqdm import tqdm
 
@@ -101,6 +111,7 @@ class TrainingMonitor:
                 "elapsed_s": elapsed_s,
             }
         )
+        self._plot.pending = True
         if self._tb is not None:
             self._tb.add_scalar("train/loss", loss, step)
             self._tb.add_scalar("train/lr", lr, step)
@@ -118,6 +129,7 @@ class TrainingMonitor:
             for name, value in metrics.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(f"epoch/{name}", value, step)
+        self._plot.update()
 
     def message(self, text: str) -> None:
         """A line on stderr that does not break the bar."""
@@ -129,6 +141,8 @@ class TrainingMonitor:
             print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        if self._plot is not None:
+            self._plot.update(force=True)
         if self._bar is not None:
             self._bar.close()
         if self._tb is not None:

@@ -20,6 +20,7 @@ from mambamim.data.sources import scan_list
 from mambamim.data.transforms import pretrain_transforms
 from mambamim.engine.distributed import unwrap_model
 from mambamim.engine.loop import LoopState, LossFn, TrainingLoop
+from mambamim.engine.pretrained import ENCODER_FORMAT, encoder_metadata
 from mambamim.engine.setup import apply_preset
 from mambamim.engine.training import ModelSetup, Run, TrainingConfig, run_training
 from mambamim.mim.model import PRETRAIN_FORMAT, MambaMIM
@@ -81,13 +82,17 @@ class PretrainResult:
     model: torch.nn.Module  # the trained MambaMIM (this rank's copy)
 
 
-def export_encoder(model: torch.nn.Module, path: Path) -> None:
-    """``encoder.*`` weights (``MambaMIM.encoder_state_dict``) as safetensors, written atomically."""
+def export_encoder(model: torch.nn.Module, path: Path, config: PretrainConfig | None = None) -> None:
+    """``encoder.*`` weights (``MambaMIM.encoder_state_dict``) as safetensors, written atomically, with the
+    architecture, spacing and intensity of ``config`` in the header (fine-tuning checks them)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap_model(model).encoder_state_dict().items()}
     with safe_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "mambamim-encoder"})
+        metadata = {"format": ENCODER_FORMAT}
+        if config is not None:
+            metadata = encoder_metadata(unwrap_model(model).config.as_dict(), config)
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 class PretrainRecipe:
@@ -138,13 +143,13 @@ class PretrainRecipe:
 
     def on_epoch_end(self, run: Run, loop: TrainingLoop, state: LoopState) -> dict[str, Any]:
         if run.ctx.is_main:
-            export_encoder(loop.model, run.output_dir / "encoder.safetensors")
+            export_encoder(loop.model, run.output_dir / "encoder.safetensors", run.config)
         epoch_losses = self.losses[-loop.steps_per_epoch :]
         return {"mean_loss": sum(epoch_losses) / max(len(epoch_losses), 1)}
 
     def finish(self, run: Run, loop: TrainingLoop, status: str, state: LoopState) -> PretrainResult:
         if run.ctx.is_main and status == "completed":
-            export_encoder(loop.model, run.output_dir / "encoder.safetensors")
+            export_encoder(loop.model, run.output_dir / "encoder.safetensors", run.config)
             out = run.output_dir
             run.report(f"done: {out / 'last.pt'}, encoder weights {out / 'encoder.safetensors'}")
         last_loss = self.losses[-1] if self.losses else None
@@ -161,6 +166,10 @@ def run_pretrain(
     workers: int | None = None,
     overwrite: bool = False,
     show_bar: bool = True,
+    epochs: int | None = None,
 ) -> PretrainResult:
     """Pre-train MambaMIM as ``config`` says (``resume``: a checkpoint path or "auto" = output/last.pt)."""
-    return run_training(PretrainRecipe(), config, output_dir, resume, device, workers, overwrite, show_bar)
+    recipe = PretrainRecipe()
+    return run_training(
+        recipe, config, output_dir, resume, device, workers, overwrite, show_bar, epochs=epochs
+    )

@@ -16,6 +16,7 @@ import torch
 
 from mambamim.checkpoint import CheckpointError, load_checkpoint
 from mambamim.data.imageio import check_writable
+from mambamim.engine.resume_extend import extend_epochs
 from mambamim.errors import InvalidInput
 from mambamim.nn.state_dict import strict_mismatch
 from mambamim.safe_write import safe_write
@@ -122,10 +123,12 @@ def start_run(
     overwrite: bool,
     ctx: Any,
     report: Callable[[str], None],
+    epochs: int | None = None,
 ) -> tuple[Any, dict[str, Any] | None, Path | None]:
     """Common start of a training run: (config, resume payload, resumed checkpoint path; None if new).
 
-    A resumed run takes its settings from the checkpoint (only ``workers`` may change); the config is
+    A resumed run takes its settings from the checkpoint (only ``workers`` may change, and ``epochs``
+    may grow: ``engine.resume_extend``); the config is
     validated, rank 0 prepares the output folder, and every rank is seeded with ``seed + rank``.
     """
     resume_path = resolve_resume(resume, output_dir)
@@ -133,6 +136,7 @@ def start_run(
     if resume_path is not None:
         config, payload = load_resume(resume_path, checkpoint_format, config_cls, ctx.world_size, report)
         report(f"resuming {resume_path} at epoch {payload['epoch']}, step {payload['step']} (saved settings)")
+        config = extend_epochs(config, payload, epochs, report)
     if workers is not None:
         config = dataclasses.replace(config, workers=workers)
     config.validate()

@@ -106,6 +106,7 @@ class Run:
     report: Callable[[str], None]
     payload: dict[str, Any] | None  # the checkpoint being resumed, if any
     resume_path: Path | None
+    show_bar: bool = True  # progress bars on a terminal (False: --no-progress)
 
 
 @dataclass
@@ -156,18 +157,19 @@ def run_training(
     overwrite: bool = False,
     show_bar: bool = True,
     hooks: Sequence[EpochHook] = (),
+    epochs: int | None = None,
 ) -> Any:
-    """Train ``recipe`` as ``config`` says (``resume``: a checkpoint path or "auto" = output/last.pt);
-    returns ``recipe.finish(...)``."""
+    """Train ``recipe`` as ``config`` says (``resume``: a checkpoint path or "auto" = output/last.pt;
+    ``epochs``: a larger total extends a resumed run); returns ``recipe.finish(...)``."""
     output_dir = Path(output_dir)
     ctx = init_distributed(device)
     report = stderr_report(ctx.is_main)
     try:
         fmt = recipe.checkpoint_format
         config, payload, resume_path = start_run(
-            config, type(config), fmt, output_dir, resume, workers, overwrite, ctx, report
+            config, type(config), fmt, output_dir, resume, workers, overwrite, ctx, report, epochs
         )
-        run = Run(config, ctx, output_dir, report, payload, resume_path)
+        run = Run(config, ctx, output_dir, report, payload, resume_path, show_bar)
         dataset = recipe.datasets(run)
         setup = recipe.build_model(run)
         if payload is not None:

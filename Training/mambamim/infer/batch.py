@@ -16,6 +16,7 @@ from typing import Any
 from mambamim.data.imageio import READ_SUFFIXES, image_suffix, is_dicom_folder, write_csv
 from mambamim.errors import InvalidInput
 from mambamim.infer.ensemble import Models, load_members
+from mambamim.infer.outputs.companions import plan_companions
 from mambamim.infer.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent
 from mambamim.infer.segment import segment_file
 
@@ -68,9 +69,13 @@ def segment_folder(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    companion_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> tuple[list[dict[str, Any]], Path]:
     """Segment every case; returns the timing rows and the CSV path (``output_dir/timings.csv``).
+
+    ``companion_options``: keywords of :func:`mambamim.infer.outputs.companions.plan_companions`, the
+    files written beside each case's label map (``.seg.nrrd``, DICOM SEG, statistics, preview).
 
     Cancellation stops the batch: finished cases stay (they are complete files), the running one
     writes nothing and no CSV is written.
@@ -100,6 +105,9 @@ def segment_folder(
         t = time.perf_counter()
         row = {"case": case.name, "input": str(case.input), "output": str(case.output), "device": ""}
         try:
+            companions = None
+            if companion_options is not None:
+                companions = plan_companions(case.output, case.input, **companion_options)
             result = segment_file(
                 case.input,
                 case.output,
@@ -107,6 +115,7 @@ def segment_folder(
                 overwrite=overwrite,
                 progress=scaled,
                 cancel=cancel,
+                companions=companions,
                 **options,
             )
             row.update(status="ok", device=result.device, message="; ".join(result.notes))

@@ -1,18 +1,24 @@
-"""Per-case, per-class Dice and HD95 (MONAI metrics, millimetres) of predicted vs reference label maps.
+"""Per-case, per-class Dice, Normalized Surface Dice, HD95 (MONAI metrics, millimetres) and volumes (mL)
+of predicted vs reference label maps.
 
 Every (case, class) pair gets a status instead of a made-up number when a score is undefined:
 
-- ``present``: in both maps; Dice and HD95 are computed.
-- ``absent``: in neither map; no Dice, no HD95 (a 1.0 or 0.0 here would be fiction).
-- ``missing_in_pred``: only in the reference (missed organ); Dice 0, HD95 undefined.
-- ``missing_in_ref``: only in the prediction (false positive organ); Dice 0, HD95 undefined.
+- ``present``: in both maps; Dice, NSD and HD95 are computed.
+- ``absent``: in neither map; no Dice, NSD or HD95 (a 1.0 or 0.0 here would be fiction).
+- ``missing_in_pred``: only in the reference (missed organ); Dice and NSD 0, HD95 undefined.
+- ``missing_in_ref``: only in the prediction (false positive organ); Dice and NSD 0, HD95 undefined.
+
+NSD (Nikolov et al. 2021, MONAI ``compute_surface_dice``) is the fraction of both boundaries lying within
+a tolerance (mm) of the other; ``DEFAULT_NSD_TOLERANCE_MM`` unless set per class. Cases are named after
+the prediction file; in folder mode, a prediction without a reference (and a reference without a
+prediction) is reported as a row of status ``no_reference`` (``no_prediction``), never silently dropped.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +29,36 @@ import torch
 from mambamim.data.imageio import READ_SUFFIXES, image_suffix, is_dicom_folder, read_image, write_csv
 from mambamim.errors import InvalidInput
 
-CSV_FIELDS = ("case", "value", "name", "status", "dice", "hd95_mm", "ref_voxels", "pred_voxels")
+CSV_FIELDS = (
+    "case", "value", "name", "status", "dice", "nsd", "hd95_mm",
+    "ref_voxels", "pred_voxels", "ref_ml", "pred_ml", "prediction", "reference",
+)  # fmt: skip
+UNMATCHED = ("no_reference", "no_prediction")
+# 2 mm: within the boundary disagreement of human raters for abdominal organs on 1-3 mm grids; FLARE uses
+# 1 mm, the Decathlon per-task values. Set per class with nsd_tolerance={name or value: mm}.
+DEFAULT_NSD_TOLERANCE_MM = 2.0
+NsdTolerance = float | Mapping[str | int, float]
 _GEOMETRY_TOLERANCE = 1e-4  # mm / direction cosine: float32 NIfTI headers round at ~1e-6
 
 
 def compare_label_maps(
-    pred: sitk.Image, ref: sitk.Image, labels: Sequence[dict[str, Any]], *, hd95: bool = True, case: str = ""
+    pred: sitk.Image,
+    ref: sitk.Image,
+    labels: Sequence[dict[str, Any]],
+    *,
+    hd95: bool = True,
+    case: str = "",
+    nsd_tolerance: NsdTolerance = DEFAULT_NSD_TOLERANCE_MM,
 ) -> list[dict[str, Any]]:
-    """One row per label of ``labels`` (records with ``value`` and ``name``); see the module docstring."""
+    """One row per label of ``labels`` (records with ``value`` and ``name``); see the module docstring.
+
+    ``nsd_tolerance``: millimetres for every class, or ``{name or value: mm}`` (others get the default).
+    """
     check_same_grid(pred, ref, f"case {case}: prediction" if case else "prediction")
     pred_a = sitk.GetArrayViewFromImage(pred)
     ref_a = sitk.GetArrayViewFromImage(ref)
     spacing_zyx = tuple(reversed(pred.GetSpacing()))
+    voxel_ml = float(np.prod(pred.GetSpacing())) / 1000.0
     rows = []
     for label in labels:
         value = int(label["value"])
@@ -45,19 +69,22 @@ def compare_label_maps(
             "value": value,
             "name": label["name"],
             "dice": None,
+            "nsd": None,
             "hd95_mm": None,
             "ref_voxels": n_r,
             "pred_voxels": n_p,
+            "ref_ml": n_r * voxel_ml,
+            "pred_ml": n_p * voxel_ml,
         }
         if n_p == 0 and n_r == 0:
             row["status"] = "absent"
         elif n_p == 0 or n_r == 0:
             row["status"] = "missing_in_pred" if n_p == 0 else "missing_in_ref"
-            row["dice"] = 0.0
+            row["dice"] = row["nsd"] = 0.0
         else:
             row["status"] = "present"
-            row["dice"], hd = _dice_hd95(p, r, spacing_zyx, hd95)
-            row["hd95_mm"] = hd
+            tolerance = tolerance_for(label, nsd_tolerance)
+            row["dice"], row["nsd"], row["hd95_mm"] = _scores(p, r, spacing_zyx, hd95, tolerance)
         rows.append(row)
     return rows
 
@@ -66,12 +93,14 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per class: mean ± sd of Dice over cases where the class is in either map, HD95 where in both."""
     by_value: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
-        by_value.setdefault(row["value"], []).append(row)
+        if row["status"] not in UNMATCHED:
+            by_value.setdefault(row["value"], []).append(row)
     summary = []
     for value in sorted(by_value):
         group = by_value[value]
         dice = [r["dice"] for r in group if r["dice"] is not None]
         hd = [r["hd95_mm"] for r in group if r["hd95_mm"] is not None]
+        nsd = [r["nsd"] for r in group if r.get("nsd") is not None]
         summary.append(
             {
                 "value": value,
@@ -83,6 +112,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "dice_sd": float(np.std(dice)) if dice else None,
                 "hd95_mean": float(np.mean(hd)) if hd else None,
                 "hd95_sd": float(np.std(hd)) if hd else None,
+                "nsd_mean": float(np.mean(nsd)) if nsd else None,
+                "nsd_sd": float(np.std(nsd)) if nsd else None,
             }
         )
     return summary
@@ -95,10 +126,13 @@ def format_summary(summary: Sequence[dict[str, Any]]) -> str:
         return "absent" if mean is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
     name_width = max([len("class"), *(len(s["name"]) for s in summary)])
-    lines = [f"{'class':<{name_width}}  {'Dice':>15}  {'HD95 (mm)':>15}  {'scored':>6}  {'absent':>6}"]
+    lines = [
+        f"{'class':<{name_width}}  {'Dice':>15}  {'NSD':>15}  {'HD95 (mm)':>15}  {'scored':>6}  {'absent':>6}"
+    ]
     for s in summary:
+        nsd = pm(s["nsd_mean"], s["nsd_sd"], 3) if s.get("nsd_mean") is not None else "-"
         lines.append(
-            f"{s['name']:<{name_width}}  {pm(s['dice_mean'], s['dice_sd'], 3):>15}  "
+            f"{s['name']:<{name_width}}  {pm(s['dice_mean'], s['dice_sd'], 3):>15}  {nsd:>15}  "
             f"{pm(s['hd95_mean'], s['hd95_sd'], 1) if s['hd95_mean'] is not None else '-':>15}  "
             f"{s['scored']:>6}  {s['absent']:>6}"
         )
@@ -121,46 +155,94 @@ def format_dice_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def pair_cases(pred: str | Path, ref: str | Path) -> list[tuple[str, Path, Path]]:
-    """``(case, pred_path, ref_path)``: one pair for two files, matched by name for two folders.
+def match_cases(
+    pred: str | Path, ref: str | Path
+) -> tuple[list[tuple[str, Path, Path]], list[Path], list[Path]]:
+    """``(pairs, predictions without reference, references without prediction)``.
 
-    A prediction named ``<case>_seg.<ext>`` (what batch ``segment`` writes) matches reference ``<case>``.
+    Pairs are ``(case, pred_path, ref_path)``, the case named after the prediction file: one pair for two
+    files, matched by name for two folders, where a prediction named ``<name>_seg.<ext>`` (what batch
+    ``segment`` writes) matches reference ``<name>``. Refuses folders in which nothing matches.
     """
     pred, ref = Path(pred), Path(ref)
     for path, what in ((pred, "--pred"), (ref, "--ref")):
         if not path.exists():
             raise FileNotFoundError(f"{what} {path} does not exist")
     if not (pred.is_dir() and not is_dicom_folder(pred)) and not (ref.is_dir() and not is_dicom_folder(ref)):
-        return [(_case_name(ref), pred, ref)]
+        return [(_case_name(pred), pred, ref)], [], []
     if not (pred.is_dir() and ref.is_dir()):
         raise InvalidInput(f"--pred {pred} and --ref {ref} must both be files or both be folders")
-    preds = {_case_name(p): p for p in _label_files(pred)}
-    pairs, missing = [], []
-    for ref_path in _label_files(ref):
-        case = _case_name(ref_path)
-        match = preds.get(case) or preds.get(f"{case}_seg")
-        if match is None:
-            missing.append(case)
+    refs = {_case_name(r): r for r in _label_files(ref)}
+    pairs, no_reference, used = [], [], set()
+    for pred_path in _label_files(pred):
+        name = _case_name(pred_path)
+        key = name if name in refs else name[: -len("_seg")] if name.endswith("_seg") else None
+        if key in refs and key not in used:
+            used.add(key)
+            pairs.append((name, pred_path, refs[key]))
         else:
-            pairs.append((case, match, ref_path))
-    if missing:
-        raise InvalidInput(f"no prediction in {pred} for reference case(s): {', '.join(missing)}")
+            no_reference.append(pred_path)
+    no_prediction = [path for key, path in refs.items() if key not in used]
     if not pairs:
-        raise InvalidInput(f"no label maps found in {ref}")
-    return pairs
+        raise InvalidInput(
+            f"no prediction in {pred} matches a reference in {ref} "
+            f"({len(no_reference)} prediction(s), {len(no_prediction)} reference(s))"
+        )
+    return pairs, no_reference, no_prediction
+
+
+def pair_cases(pred: str | Path, ref: str | Path) -> list[tuple[str, Path, Path]]:
+    """The matched ``(case, pred_path, ref_path)`` of :func:`match_cases`."""
+    return match_cases(pred, ref)[0]
 
 
 def evaluate_paths(
-    pred: str | Path, ref: str | Path, labels: Sequence[dict[str, Any]] | None = None
+    pred: str | Path,
+    ref: str | Path,
+    labels: Sequence[dict[str, Any]] | None = None,
+    nsd_tolerance: NsdTolerance = DEFAULT_NSD_TOLERANCE_MM,
 ) -> list[dict[str, Any]]:
-    """Rows for every case (see :func:`pair_cases`); ``labels`` default to every value found."""
+    """Rows for every case (see :func:`match_cases`), then one row per unmatched file (status
+    ``no_reference`` / ``no_prediction``); ``labels`` default to every value found."""
+    pairs, no_reference, no_prediction = match_cases(pred, ref)
     rows = []
-    for case, pred_path, ref_path in pair_cases(pred, ref):
+    for case, pred_path, ref_path in pairs:
         pred_img = read_image(pred_path, allow_constant=True)
         ref_img = read_image(ref_path, allow_constant=True)
         table = labels if labels is not None else _labels_found(pred_img, ref_img)
-        rows.extend(compare_label_maps(pred_img, ref_img, table, case=case))
+        for row in compare_label_maps(pred_img, ref_img, table, case=case, nsd_tolerance=nsd_tolerance):
+            rows.append({**row, "prediction": str(pred_path), "reference": str(ref_path)})
+    unmatched = (("no_reference", no_reference, "prediction"), ("no_prediction", no_prediction, "reference"))
+    for status, paths, key in unmatched:
+        rows.extend(
+            {"case": _case_name(p), "value": None, "name": "", "status": status, key: str(p)} for p in paths
+        )
     return rows
+
+
+def parse_nsd_tolerance(items: Sequence[str]) -> NsdTolerance:
+    """``["2", "liver=3", "5=1"]`` -> ``{"default": 2.0, "liver": 3.0, 5: 1.0}``; one number: a float."""
+    table: dict[str | int, float] = {}
+    for item in items:
+        key, _, value = item.rpartition("=")
+        try:
+            mm = float(value)
+        except ValueError:
+            raise InvalidInput(f"NSD tolerance {item!r}: expected MM or CLASS=MM, MM a number") from None
+        if not mm > 0:
+            raise InvalidInput(f"NSD tolerance {item!r}: must be positive millimetres")
+        table[int(key) if key.isdigit() else (key or "default")] = mm
+    return table["default"] if list(table) == ["default"] else table
+
+
+def tolerance_for(label: dict[str, Any], tolerance: NsdTolerance) -> float:
+    """The NSD tolerance (mm) of ``label``: by name, then by value, else the default."""
+    if not isinstance(tolerance, Mapping):
+        return float(tolerance)
+    for key in (label["name"], int(label["value"]), str(label["value"])):
+        if key in tolerance:
+            return float(tolerance[key])
+    return float(tolerance.get("default", DEFAULT_NSD_TOLERANCE_MM))
 
 
 def write_rows_csv(rows: Sequence[dict[str, Any]], path: str | Path, overwrite: bool = False) -> Path:
@@ -177,10 +259,11 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _dice_hd95(
-    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], hd95: bool
-) -> tuple[float, float | None]:
-    from monai.metrics import compute_dice, compute_hausdorff_distance
+def _scores(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], hd95: bool, tolerance_mm: float
+) -> tuple[float, float, float | None]:
+    """Dice, NSD at ``tolerance_mm`` and (when asked for) HD95 of two non-empty binary masks."""
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
     # Crop to the union's bounding box (+1 voxel) so HD95's distance transforms stay small.
     union = np.argwhere(pred | ref)
@@ -190,12 +273,13 @@ def _dice_hd95(
     p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None].float()
     r = torch.from_numpy(np.ascontiguousarray(ref[box]))[None, None].float()
     dice = float(compute_dice(p, r, include_background=True)[0, 0])
-    if not hd95:
-        return dice, None
     with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal use of a deprecated argument
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        nsd = compute_surface_dice(p, r, [tolerance_mm], include_background=True, spacing=list(spacing))
+        if not hd95:
+            return dice, float(nsd[0, 0]), None
         hd = compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=list(spacing))
-    return dice, float(hd[0, 0])
+    return dice, float(nsd[0, 0]), float(hd[0, 0])
 
 
 def check_same_grid(image: sitk.Image, ref: sitk.Image, where: str = "prediction") -> None:
@@ -219,7 +303,15 @@ def _labels_found(*images: sitk.Image) -> list[dict[str, Any]]:
 
 
 def _label_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) in READ_SUFFIXES)
+    """Label maps in ``folder``; a ``<name>.seg.nrrd`` beside label map ``<name>`` is the Slicer copy
+    that ``segment`` writes with it, not another case."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) in READ_SUFFIXES)
+    names = {_case_name(p) for p in files}
+    return [
+        p
+        for p in files
+        if not (p.name.lower().endswith(".seg.nrrd") and p.name[: -len(".seg.nrrd")] in names)
+    ]
 
 
 def _case_name(path: Path) -> str:

@@ -154,6 +154,7 @@ def package_checkpoint(
     """
     from mambamim.checkpoint import load_checkpoint
     from mambamim.data.intensity import CT_WINDOW, MR_ZSCORE
+    from mambamim.infer.card_metrics import checkpoint_card_metrics
 
     payload = load_checkpoint(checkpoint, expected_format=FINETUNE_FORMAT)
     config = payload.get("config") or {}
@@ -179,7 +180,7 @@ def package_checkpoint(
         license=license or training.get("license") or "unspecified",
         training_data=training_data or training.get("training_data") or "",
         metrics=metrics if metrics is not None else (
-            training.get("metrics") or (payload.get("extra") or {}).get("metrics") or {}
+            training.get("metrics") or checkpoint_card_metrics(payload)
         ),
         description=description,
     )  # fmt: skip

@@ -37,7 +37,7 @@ from mambamim.data.intensity import CT_WINDOW, validate_intensity_spec
 from mambamim.errors import InvalidInput
 from mambamim.infer.preprocess import from_model_space, to_model_space
 from mambamim.infer.progress import CancelToken, ProgressCallback, ProgressTracker
-from mambamim.infer.recon_figure import save_reconstruction_figure
+from mambamim.infer.recon_figure import FigureOptions, figure_details, save_reconstruction_figure
 from mambamim.infer.segment import resolve_device
 from mambamim.mim.masking import random_token_mask, upsample_mask
 from mambamim.mim.model import MambaMIM, load_pretrain_checkpoint
@@ -109,12 +109,15 @@ def reconstruct_volume(
     on_crop=None,
     cancel: CancelToken | None = None,
     batch: int | None = None,
+    raw_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Mask and reconstruct a model-space ``volume``, ``batch`` crops per forward pass.
 
     Returns ``(masked, reconstruction, mask uint8, masked MSE)`` arrays of ``volume``'s shape. The masks
     are drawn for all crops up front, so the result does not depend on ``batch``; every crop masks the
     same number of tokens, so the mean of the batch losses weighted by batch size is the mean over crops.
+    When given, ``raw_out`` (``volume``'s shape) receives the decoder's raw prediction (before per-patch
+    de-normalisation).
     """
     shape = volume.shape
     padded_shape = [-(-s // roi) * roi for s in shape]
@@ -126,6 +129,7 @@ def reconstruct_volume(
     masked_out, recon_out = np.zeros_like(padded), np.zeros_like(padded)
     mask_out = np.zeros(padded_shape, dtype=np.uint8)
     batch = max(int(batch or default_crop_batch(roi)), 1)
+    raw_padded = np.zeros_like(padded) if raw_out is not None else None
     loss_sum = 0.0
     for first in range(0, len(starts), batch):
         if cancel is not None:
@@ -138,12 +142,17 @@ def reconstruct_volume(
         masked = torch.where(hidden, torch.zeros_like(x), x)[:, 0].cpu().numpy()
         recon = torch.where(hidden, out.reconstruction, x)[:, 0].cpu().numpy()
         hidden_np = hidden[:, 0].cpu().numpy()
+        raw = out.prediction[:, 0].float().cpu().numpy() if raw_padded is not None else None
         for i, region in enumerate(regions):
             masked_out[region], recon_out[region], mask_out[region] = masked[i], recon[i], hidden_np[i]
+            if raw is not None:
+                raw_padded[region] = raw[i]
         loss_sum += float(out.loss) * len(regions)
         if on_crop is not None:
             on_crop(first + len(regions), len(starts))
     crop = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+    if raw_out is not None:
+        raw_out[...] = raw_padded[crop]
     return masked_out[crop], recon_out[crop], mask_out[crop], loss_sum / len(starts)
 
 
@@ -159,6 +168,7 @@ def reconstruct_file(
     fmt: str = "nii.gz",
     overwrite: bool = False,
     batch: int | None = None,
+    figure: FigureOptions | None = None,
 ) -> ReconstructResult:
     """Mask ``input_path`` at ``mask_ratio`` and reconstruct it with the MambaMIM ``checkpoint``.
 
@@ -166,9 +176,12 @@ def reconstruct_file(
     Refuses existing outputs unless ``overwrite`` (checked before any work); nothing is written when
     cancelled or on error. Progress: 10 % loading, 80 % reconstructing (per crop), 10 % writing.
     ``batch``: crops per forward pass (default :func:`default_crop_batch`).
+    ``figure``: format, resolution and raw-prediction column of the figure (:class:`FigureOptions`).
     """
     t_start = time.perf_counter()
+    figure = figure or FigureOptions()
     paths = output_paths(input_path, output_dir, fmt)
+    paths["figure"] = paths["figure"].with_suffix(f".{figure.format}")
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(
@@ -189,8 +202,9 @@ def reconstruct_file(
     def on_crop(done: int, total: int) -> None:
         tracker.update("reconstruct", done / total, f"crop {done}/{total}")
 
+    raw = np.zeros_like(volume) if figure.raw else None
     masked, recon, mask, mse = reconstruct_volume(
-        model, volume, roi, mask_ratio, seed, torch_device, on_crop, cancel, batch
+        model, volume, roi, mask_ratio, seed, torch_device, on_crop, cancel, batch, raw_out=raw
     )
     if cancel is not None:
         cancel.raise_if_cancelled()
@@ -207,7 +221,10 @@ def reconstruct_file(
     try:
         for name, make in volumes.items():
             outputs[name] = write_image(make(), paths[name], overwrite)
-        outputs["figure"] = save_reconstruction_figure(paths["figure"], volume, masked, recon, title)
+        outputs["figure"] = save_reconstruction_figure(
+            paths["figure"], volume, masked, recon, title, mask=mask, raw=raw, dpi=figure.dpi,
+            **figure_details(checkpoint, model, mask_ratio, seed, mse, intensity),
+        )  # fmt: skip
     except BaseException:
         # All or nothing: a failed write removes what this call already wrote.
         for written in outputs.values():

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from mambamim.infer.memory import (
     available_bytes,
     estimate_memory,
 )
+from mambamim.infer.outputs.companions import Companions, write_companions
 from mambamim.infer.package import LoadedPackage
 from mambamim.infer.preprocess import to_model_space
 from mambamim.infer.probabilities import (
@@ -78,6 +80,7 @@ class SegmentResult:
     members: list[str] = field(default_factory=list)  # packages and probability files averaged
     tta_passes: int = 1  # network passes per window (8 with mirroring)
     probability_file: Path | None = None
+    companions: dict[str, Path] = field(default_factory=dict)  # .seg.nrrd, DICOM SEG, statistics, preview
 
 
 def resolve_device(name: str) -> torch.device:
@@ -323,6 +326,7 @@ def segment_file(
     save_probabilities: str | Path | bool | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    companions: Companions | None = None,
     **options: Any,
 ) -> SegmentResult:
     """Read ``input_path``, segment it, write the label map atomically to ``output_path``.
@@ -331,8 +335,9 @@ def segment_file(
     the result carries per-organ Dice / HD95 in ``metrics``. ``model``: a package, or several packages
     and ``.npz`` probability files to average (:mod:`mambamim.infer.ensemble`). ``save_probabilities``:
     a ``.npz`` path, or True for ``<output>.probabilities.npz`` beside the label map
-    (:mod:`mambamim.infer.probabilities`). Progress: 5 % reading, 90 % segmenting, 5 % writing; nothing
-    is written when cancelled or on error.
+    (:mod:`mambamim.infer.probabilities`). ``companions``: the files written beside the label map
+    (:mod:`mambamim.infer.outputs.companions`), checked before any work. Progress: 5 % reading, 90 %
+    segmenting, 5 % writing; nothing is written when cancelled or on error.
     """
     output_path = check_output_path(output_path, overwrite)
     probability_path = None
@@ -341,6 +346,8 @@ def segment_file(
             default_probability_path(output_path) if save_probabilities is True else save_probabilities,
             overwrite,
         )
+    if companions is not None:
+        companions.check(output_path, overwrite)
     t_start = time.perf_counter()
     progress = progress or (lambda event: None)
     progress(ProgressEvent("load", 0.0, None, f"reading {input_path}"))
@@ -376,10 +383,21 @@ def segment_file(
     progress(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
     t = time.perf_counter()
     result.output = write_image(result.labels, output_path, overwrite=overwrite)
-    if probability_path is not None:
-        result.probability_file = save_probabilities_file(
-            probability_path, result.probabilities, labels_table, image, result.members, overwrite
-        )
+    try:
+        if probability_path is not None:
+            result.probability_file = save_probabilities_file(
+                probability_path, result.probabilities, labels_table, image, result.members, overwrite
+            )
+        if companions is not None:
+            result.companions = write_companions(
+                companions, result.labels, image, output_card(packages, saved), input_path,
+                overwrite=overwrite, notes=result.notes,
+            )  # fmt: skip
+    except BaseException:
+        result.output.unlink(missing_ok=True)  # all or nothing
+        if result.probability_file is not None:
+            result.probability_file.unlink(missing_ok=True)
+        raise
     result.timings = {
         "read": read_s,
         "load_model": load_s,
@@ -394,6 +412,31 @@ def segment_file(
         )
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def output_card(packages: Sequence[LoadedPackage], saved: Sequence[SavedProbabilities]) -> ModelCard:
+    """The card that describes the result's files: the first package's; for probability files alone a
+    stand-in with their label table (no intensity window: previews use percentiles)."""
+    if packages:
+        return packages[0].card
+    from mambamim.infer.card import Architecture, InputSpec, Label
+
+    first = saved[0]
+    return ModelCard(
+        name="ensemble of probability files",
+        version="",
+        architecture=Architecture("", MappingProxyType({})),
+        input=InputSpec(
+            channels=1, modality="CT", spacing=tuple(first.grid.GetSpacing()),
+            intensity=MappingProxyType({"type": "zscore"}), roi_size=(1, 1, 1), overlap=0.0,
+        ),
+        labels=tuple(
+            Label(int(e["value"]), str(e["name"]), tuple(e.get("color") or (128, 128, 128)), e.get("snomed"))
+            for e in first.labels
+        ),
+        weights_file="",
+        weights_sha256="",
+    )
 
 
 def _plan_memory(
