@@ -141,14 +141,14 @@ def test_epoch_sampler_shards_and_resumes():
 def test_training_arrays_match_inference_model_space(sample_ct):
     """Training (MONAI) and ``mambamim segment`` (SimpleITK) put the same voxel at the same index."""
     from mambamim.data.imageio import read_image
-    from mambamim.data.transforms import LoadScand, NormalizeIntensityd
+    from mambamim.data.transforms import ApplyIntensitySpecd, LoadScand
     from mambamim.infer.preprocess import to_model_space
     from monai.transforms import Compose, Orientationd, Spacingd
 
     axes = (("L", "R"), ("P", "A"), ("I", "S"))
     training = Compose(
         [LoadScand("image"), Orientationd("image", "RAS", labels=axes), Spacingd("image", SPACING),
-         NormalizeIntensityd("image", CT_WINDOW)]
+         ApplyIntensitySpecd("image", CT_WINDOW)]
     )({"image": str(sample_ct)})["image"][0]  # fmt: skip
     inference, _ = to_model_space(read_image(sample_ct), SPACING, CT_WINDOW)
     assert tuple(training.shape) == inference.shape

@@ -18,7 +18,7 @@ from mambamim.engine.finetune import (
     supervision_loss,
     validate,
 )
-from mambamim.engine.schedule import build_optimizer, build_scheduler, frozen_until, warmup_cosine
+from mambamim.engine.schedule import GroupWarmupCosine, build_optimizer
 from mambamim.engine.setup import seed_everything
 from mambamim.nn import build_model
 
@@ -102,8 +102,7 @@ def test_frozen_encoder_warmup_keeps_encoder_weights():
         "rest": [(n, p) for n, p in named if not n.startswith("encoder.")],
     }
     optimizer = build_optimizer(groups, lr=1e-2, weight_decay=0.05)
-    schedule = warmup_cosine(0, 10)
-    scheduler = build_scheduler(optimizer, {"encoder": frozen_until(1, schedule), "rest": schedule})
+    scheduler = GroupWarmupCosine(optimizer, 0, 10, frozen={"encoder": 1})
     before = {n: p.detach().clone() for n, p in named}
     loss = model(torch.rand(1, 1, 32, 32, 32)).square().mean()
     loss.backward()

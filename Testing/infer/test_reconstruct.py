@@ -100,3 +100,22 @@ def test_cancelled_run_writes_nothing(checkpoint, sample_ct, tmp_path):
     with pytest.raises(Cancelled):
         reconstruct_file(checkpoint, sample_ct, tmp_path / "out", device="cpu", cancel=cancel)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_crops_are_batched_with_the_same_result(checkpoint, sample_ct):
+    from mambamim.infer.preprocess import to_model_space
+    from mambamim.infer.reconstruct import default_crop_batch, reconstruct_volume
+    from mambamim.mim.model import load_pretrain_checkpoint
+
+    payload = load_pretrain_checkpoint(checkpoint)
+    model = MambaMIM.from_payload(payload, checkpoint).eval()
+    volume, _ = to_model_space(sitk.ReadImage(str(sample_ct)), [6.0] * 3, WINDOW)
+    done = []
+    cpu = torch.device("cpu")
+    one = reconstruct_volume(model, volume, 32, 0.75, 5, cpu, batch=1)
+    three = reconstruct_volume(model, volume, 32, 0.75, 5, cpu, lambda d, t: done.append(d), batch=3)
+    assert done == [3, 6, 8]  # 8 crops in forward passes of 3, 3 and 2
+    for a, b in zip(one[:3], three[:3]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert three[3] == pytest.approx(one[3], rel=1e-5)  # masked MSE: the mean over crops either way
+    assert default_crop_batch(96) == 4 and default_crop_batch(32) == 64 and default_crop_batch(256) == 1

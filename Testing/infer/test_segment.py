@@ -48,7 +48,9 @@ def test_cancel_after_first_window_writes_nothing(small_ct, threshold_pkg, tmp_p
 
     out = tmp_path / "out" / "labels.nii.gz"
     with pytest.raises(Cancelled):
-        segment_file(small_ct, out, threshold_pkg, device="cpu", progress=progress, cancel=cancel)
+        segment_file(
+            small_ct, out, threshold_pkg, device="cpu", sw_batch_size=1, progress=progress, cancel=cancel
+        )
     # Stopped right after the first of several windows, not at the end.
     assert len(windows) == 1 and windows[0].startswith("window 1/") and windows[0] != "window 1/1"
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))

@@ -21,13 +21,17 @@ COMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
     from mambamim import __version__
+    from mambamim.commands.aliases import HelpFormatter
+    from mambamim.commands.examples import epilog
 
     parser = argparse.ArgumentParser(prog="mambamim", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mambamim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"mambamim.commands.{name}")
-        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        # every --help shows the defaults and one example (issue 13 §4)
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP, epilog=epilog(name),
+                                        formatter_class=HelpFormatter)  # fmt: skip
         module.add_arguments(command_parser)
         command_parser.set_defaults(_run=module.run)
     return parser

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
+
+REMOVAL = "the next release"  # when the deprecated spellings (mambamim.commands.aliases) go away
+
+
+def deprecation_notice(old: str, new: str) -> None:
+    print(f"note: {old} is deprecated and will be removed in {REMOVAL}; use {new}", file=sys.stderr)
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -23,13 +30,23 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def intensity_spec(text: str) -> dict[str, Any]:
-    """``--intensity``: see :func:`mambamim.data.intensity.parse_intensity`."""
-    from mambamim.data.intensity import parse_intensity
+    """``--intensity``: ``ct``, ``zscore``, ``window:LOWER:UPPER`` or ``clip_zscore:LOWER:UPPER:MEAN:STD``;
+    see :func:`mambamim.data.intensity.parse_intensity` (the deprecated ``mr`` and JSON spec print a
+    notice)."""
+    from mambamim.data.intensity import is_legacy_intensity, parse_intensity
 
     try:
-        return parse_intensity(text)
+        spec = parse_intensity(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--{exc}") from None
+    if is_legacy_intensity(text):
+        if text == "mr":
+            deprecation_notice("--intensity mr", "--intensity zscore")
+        else:
+            deprecation_notice(
+                "--intensity as JSON", "--intensity window:LOWER:UPPER (or ct, zscore, clip_zscore:...)"
+            )
+    return spec
 
 
 def spacing(text: str) -> list[float]:
@@ -52,7 +69,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ..
         "settings are used (only --workers and --device may change; a larger --epochs extends the run)",
     )  # fmt: skip
     run.add_argument("--overwrite", action="store_true", help="start over in an output folder holding a run")
-    run.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    run.add_argument(
+        "--device", default="auto", choices=("auto", "cuda", "cpu"),
+        help="auto: CUDA when available, else the CPU",
+    )
     run.add_argument("--workers", type=int, help="data-loading worker processes")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs are still written)")
     run.add_argument(
@@ -62,17 +82,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, presets: tuple[str, ..
     )  # fmt: skip
 
     train = parser.add_argument_group("training (default: from --preset)")
-    train.add_argument("--crop-size", dest="roi", type=int, help="edge of the cubic training crops (voxels)")
+    train.add_argument("--roi-size", dest="roi", type=int, help="edge of the cubic training crops (voxels)")
     train.add_argument("--num-samples", type=int, help="random crops per volume")
     train.add_argument("--batch", type=int, help="crops per optimiser step and process")
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--epochs", type=int, help="passes over the training data")
     train.add_argument("--lr", type=float, help="peak AdamW learning rate")
-    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay")
     train.add_argument("--warmup-epochs", type=float, help="linear warm-up before the cosine decay")
     train.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
     train.add_argument("--spacing", type=spacing, help="target voxel size in mm: 1.5 or 1.5,1.5,2")
-    train.add_argument("--intensity", type=intensity_spec, help="ct (default), zscore, or window:LOWER:UPPER")
-    train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--intensity", type=intensity_spec,
+        help="ct (the default), zscore, window:LOW:UP or clip_zscore:LOW:UP:MEAN:STD",
+    )  # fmt: skip
+    train.add_argument("--seed", type=int, help="seed of every random choice (crops, masks, split)")
     train.add_argument(
         "--no-amp", dest="amp", action="store_const", const=False, help="no bf16 autocast on CUDA"
     )

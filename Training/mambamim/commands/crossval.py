@@ -8,15 +8,16 @@ from mambamim.commands.cli_args import exit_code
 from mambamim.commands.finetune import add_arguments as add_finetune_arguments
 
 HELP = "Cross-validate: fine-tune every fold (resumable fold by fold) and write a Dice/NSD summary table."
-EXAMPLE = "example: mambamim crossval Dataset001_Liver -o runs/liver_cv --folds 5 --preset tiny"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_finetune_arguments(parser)
+    # the epilog keeps its line breaks (commands.aliases.HelpFormatter); the example follows
     parser.epilog = (
-        "Each fold trains in OUTPUT_DIR/fold_K; run the same command again to continue after an interruption "
-        "(finished folds are skipped, an interrupted fold resumes). Writes OUTPUT_DIR/summary.json and "
-        f"summary.csv. --fold, --split, --resume and --package do not apply. {EXAMPLE}"
+        "Each fold trains in OUTPUT_DIR/fold_K; run the same command again to continue after an\n"
+        "interruption (finished folds are skipped, an interrupted fold resumes). Writes\n"
+        "OUTPUT_DIR/summary.json and summary.csv. --fold, --split, --resume and --package do not apply.\n\n"
+        + (parser.epilog or "")
     )
     parser.add_argument(
         "--nsd-tolerance", type=float, default=2.0, metavar="MM",

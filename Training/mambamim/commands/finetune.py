@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mambamim.commands.aliases import add_alias, add_training_aliases
 from mambamim.commands.cli_args import (
     add_common_arguments,
     common_overrides,
@@ -43,7 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     val.add_argument("--fold", type=int, help="which fold validates (default 0)")
     val.add_argument("--val-every", type=int, help="validate every N epochs (and after the last)")
     val.add_argument("--overlap", type=float, help="sliding-window overlap (default 0.5)")
-    val.add_argument("--sw-batch", type=int, help="windows per forward pass in validation")
+    val.add_argument(
+        "--sw-batch-size", dest="sw_batch", type=int, help="windows per forward pass in validation"
+    )
+    add_alias(parser, "--sw-batch", "--sw-batch-size", "sw_batch", int)
+    add_training_aliases(parser)
     pkg = parser.add_argument_group("model package")
     pkg.add_argument("--package", help="package folder (default: OUTPUT_DIR/package)")
     pkg.add_argument("--package-name", help="name in the model card")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mambamim.commands.aliases import ThreeValues, legacy_intensity, roi_size
+from mambamim.commands.cli_args import spacing
 from mambamim.errors import InvalidInput, Unavailable
 
 HELP = "build a model package (weights.safetensors + model.json) from a fine-tuning checkpoint or nnU-Net"
@@ -33,27 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default="1.0.0", help="package version")
     parser.add_argument("--modality", choices=("CT", "MR"), default=None, help="default: checkpoint, else CT")
     parser.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("X", "Y", "Z"),
-        help="target spacing in mm (default: checkpoint, else 1.5 1.5 1.5)",
-    )
+        "--spacing", action=ThreeValues, convert=spacing, default=None, metavar="MM",
+        help="target spacing in mm: 1.5 or 1.5,1.5,2 (default: checkpoint, else 1.5)",
+    )  # fmt: skip
     parser.add_argument(
-        "--intensity",
-        default=None,
-        help='intensity spec as JSON, e.g. \'{"type": "window", "lower": -175, "upper": 250}\', '
-        "or 'ct' / 'mr' (default: checkpoint, else by modality)",
-    )
+        "--intensity", type=legacy_intensity, default=None,
+        help="ct, zscore, window:LOWER:UPPER or clip_zscore:LOWER:UPPER:MEAN:STD "
+        "(default: checkpoint, else ct for CT and zscore for MR)",
+    )  # fmt: skip
     parser.add_argument(
-        "--roi-size",
-        type=int,
-        nargs=3,
-        default=None,
-        metavar=("X", "Y", "Z"),
-        help="sliding-window ROI (default: checkpoint crop size, else 96 96 96)",
-    )
+        "--roi-size", action=ThreeValues, convert=roi_size, default=None, metavar="VOXELS",
+        help="sliding-window ROI: 96 or 96,96,64 (default: checkpoint crop size, else 96)",
+    )  # fmt: skip
     parser.add_argument(
         "--overlap",
         type=float,
@@ -99,7 +92,6 @@ def _from_nnunet(args: argparse.Namespace) -> Path:
 def _build(args: argparse.Namespace) -> Path:
     import json
 
-    from mambamim.data.intensity import parse_intensity
     from mambamim.infer.package import package_checkpoint, write_zip
 
     def json_arg(value, what: str):
@@ -124,7 +116,7 @@ def _build(args: argparse.Namespace) -> Path:
         version=args.version,
         modality=args.modality,
         spacing=args.spacing,
-        intensity=parse_intensity(args.intensity) if args.intensity is not None else None,
+        intensity=args.intensity,
         roi_size=args.roi_size,
         overlap=args.overlap,
         license=args.license,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mambamim.commands.aliases import add_training_aliases
 from mambamim.commands.cli_args import (
     add_common_arguments,
     common_overrides,
@@ -22,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "nnU-Net v2 raw dataset (imagesTr and imagesTs; not needed with --resume)",
     )  # fmt: skip
     add_common_arguments(parser, PRESETS)
+    add_training_aliases(parser)
     mim = parser.add_argument_group("MambaMIM (default: model constructor / preset)")
     mim.add_argument("--mask-ratio", type=float, help="fraction of Mamba-grid tokens masked (paper: 0.75)")
     mim.add_argument(

@@ -23,8 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mask-ratio", type=float, default=0.75, help="fraction of tokens masked (default 0.75)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masks (default 0)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    parser.add_argument("--progress", choices=("json", "bar", "none"), default="bar")
+    parser.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default="auto",
+        help="auto: CUDA when available, else the CPU",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None,
+        help="crops per forward pass (default: as many voxels as four 96³ crops, at most 64 crops)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--progress", choices=("json", "bar", "none"), default="bar",
+        help="json: one JSON line per update (for GUIs); bar: a progress bar; none: quiet",
+    )
     parser.add_argument("--format", choices=("nrrd", "nii.gz"), default="nii.gz", help="volume file format")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     figure = parser.add_argument_group("figure")
@@ -63,6 +73,7 @@ def _reconstruct(args: argparse.Namespace, reporter, cancel) -> dict[str, str]:
         cancel=cancel,
         fmt=args.format,
         overwrite=args.overwrite,
+        batch=args.batch,
         figure=FigureOptions(args.figure_format, args.figure_dpi, args.figure_raw),
     )
     out = sys.stderr if args.progress == "json" else sys.stdout  # stdout carries only JSON in json mode

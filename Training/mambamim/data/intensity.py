@@ -54,30 +54,38 @@ def validate_intensity_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_intensity(text: str) -> dict[str, Any]:
-    """A spec from what a user types: ``ct`` (the CT window), ``zscore`` or ``mr`` (MRI),
-    ``window:LOWER:UPPER``, or a spec as a JSON object (inline, or a file holding one)."""
+    """A spec from what a user types: ``ct`` (the CT window), ``zscore`` (MRI), ``window:LOWER:UPPER``,
+    ``clip_zscore:LOWER:UPPER:MEAN:STD`` (nnU-Net's CT normalisation); also (older spellings) ``mr`` and
+    a spec as a JSON object (inline, or a file holding one)."""
     import json
     from pathlib import Path
 
     named = {"ct": CT_WINDOW, "zscore": MR_ZSCORE, "mr": MR_ZSCORE}
     if text in named:
         return dict(named[text])
-    parts = text.split(":")
-    if len(parts) == 3 and parts[0] == "window":
+    kind, _, rest = text.partition(":")
+    fields = {"window": ("lower", "upper"), "clip_zscore": ("lower", "upper", "mean", "std")}.get(kind)
+    parts = rest.split(":") if rest else []
+    if fields is not None and len(parts) == len(fields):
         try:
-            lower, upper = float(parts[1]), float(parts[2])
-            return validate_intensity_spec({"type": "window", "lower": lower, "upper": upper})
+            return validate_intensity_spec({"type": kind, **dict(zip(fields, (float(p) for p in parts)))})
         except ValueError:
             pass
-    elif text.lstrip().startswith("{") or Path(text).is_file():
+    elif text.lstrip().startswith("{") or (len(text) < 1024 and Path(text).is_file()):
         try:
             spec = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise InvalidInput(f"intensity {text!r}: not a readable JSON spec ({err})") from None
         return validate_intensity_spec(spec)
     raise InvalidInput(
-        f"intensity must be ct, zscore, mr, window:LOWER:UPPER (LOWER < UPPER) or a JSON spec, got {text!r}"
+        "intensity must be ct, zscore, window:LOWER:UPPER (LOWER < UPPER), "
+        f"clip_zscore:LOWER:UPPER:MEAN:STD or a JSON spec, got {text!r}"
     )
+
+
+def is_legacy_intensity(text: str) -> bool:
+    """Whether ``text`` is an older spelling :func:`parse_intensity` still takes (``mr``, JSON)."""
+    return text == "mr" or not (text in ("ct", "zscore") or text.startswith(("window:", "clip_zscore:")))
 
 
 def normalize_intensity(volume: np.ndarray | torch.Tensor, spec: dict[str, Any]) -> np.ndarray | torch.Tensor:

@@ -72,8 +72,11 @@ class LoadScand(MapTransform):
         return d
 
 
-class NormalizeIntensityd(MapTransform):
-    """Apply a ``mambamim.data.intensity`` spec (CT window or MRI z-score) to ``keys``."""
+class ApplyIntensitySpecd(MapTransform):
+    """Apply a ``mambamim.data.intensity`` spec (CT window, MRI z-score, nnU-Net CT) to ``keys``.
+
+    Named apart from MONAI's ``NormalizeIntensityd`` (always a z-score): this one does what the spec says.
+    """
 
     def __init__(self, keys: KeysCollection, spec: dict[str, Any]) -> None:
         super().__init__(keys)
@@ -116,7 +119,7 @@ def _geometry(keys: list[str], spacing: Sequence[float], intensity: dict, roi: S
         LoadScand(keys),
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys, pixdim=spacing, mode=("bilinear", "nearest") if has_label else "bilinear"),
-        NormalizeIntensityd("image", intensity),
+        ApplyIntensitySpecd("image", intensity),
         CropForegroundd(keys, source_key="image", select_fn=foreground_fn(intensity), allow_smaller=True),
         # Volumes smaller than the crop (after the foreground crop) are padded with 0, i.e. the window
         # floor (air) for CT / background for z-scored MRI, so every crop is full size.

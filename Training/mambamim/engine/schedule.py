@@ -1,42 +1,77 @@
-"""AdamW with linear warm-up then cosine decay, per parameter group.
+"""AdamW with linear warm-up then cosine decay (MONAI's ``WarmupCosineSchedule``), per parameter group.
 
-The schedule is a function of the optimiser step only (``LambdaLR``), so its state is two integers
-and restores exactly on ``--resume``.
+The schedule is a function of the optimiser step only, so its state is the step count and restores
+exactly on ``--resume``; its shape (warm-up, total steps, floor) comes from the run's config, never from
+the checkpoint, so a resumed run with more epochs stretches the cosine instead of keeping the old one.
+
+Compared with the hand-written ``LambdaLR`` used before (checkpoints of either restore into the other):
+the warm-up starts at ``1/warmup_steps`` of the lr and rises linearly as MONAI's does
+(``m + (1 - m)·step/warmup`` with ``m = 1/warmup``; before, ``(step + 1)/warmup``: at most
+``1/warmup`` apart, equal at the first step and after the warm-up); the floor is MONAI's ``end_lr``, a
+clamp ``max(min_factor, cosine)`` per group, where before the cosine was squeezed into
+``[min_factor, 1]`` (identical for the fine-tuning default ``min_factor = 0``; for pre-training's 0.01 the
+lr differs by at most 1 % of the peak).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Mapping
 
 import torch
+from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_factor: float = 0.0) -> Callable[[int], float]:
-    """lr factor: linear 1/w .. 1 over ``warmup_steps``, then cosine to ``min_factor`` at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(total_steps - warmup_steps, 1)
-        progress = min((step - warmup_steps) / span, 1.0)
-        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+# Shape of the schedule: from the run's config, not restored from a checkpoint.
+_CONFIGURED = (
+    "warmup_steps", "t_total", "cycles", "end_lr", "warmup_multiplier", "min_factor", "frozen_steps",
+)  # fmt: skip
 
 
-def frozen_until(steps: int, schedule: Callable[[int], float]) -> Callable[[int], float]:
-    """``schedule`` with a factor of 0 for the first ``steps`` steps (frozen-encoder warm-up).
+class GroupWarmupCosine(WarmupCosineSchedule):
+    """MONAI's warm-up + cosine, with a floor relative to each group's lr and per-group frozen steps.
 
-    With lr 0 AdamW leaves the parameters bit-for-bit unchanged (its decoupled weight decay is scaled
-    by the lr too), and unlike ``requires_grad=False`` this does not upset DistributedDataParallel.
+    ``frozen``: ``{"encoder": N}`` gives the groups named ``encoder/...`` an lr of 0 for the first N
+    steps (a frozen-encoder warm-up). With lr 0 AdamW leaves the parameters bit-for-bit unchanged (its
+    decoupled weight decay is scaled by the lr too), and unlike ``requires_grad=False`` this does not
+    upset DistributedDataParallel.
     """
 
-    def factor(step: int) -> float:
-        return 0.0 if step < steps else schedule(step)
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_steps: int,
+        total_steps: int,
+        min_factor: float = 0.0,
+        frozen: Mapping[str, int] | None = None,
+    ) -> None:
+        self.min_factor = float(min_factor)
+        frozen = frozen or {}
+        groups = [g.get("name", "").split("/")[0] for g in optimizer.param_groups]
+        self.frozen_steps = [int(frozen.get(name, 0)) for name in groups]
+        super().__init__(
+            optimizer,
+            warmup_steps=warmup_steps,
+            t_total=total_steps,
+            warmup_multiplier=1.0 / warmup_steps if warmup_steps > 0 else 0.0,
+        )
 
-    return factor
+    def factor(self, step: int, group: int = 0) -> float:
+        """The lr multiplier of parameter group ``group`` at optimiser step ``step``."""
+        if step < self.frozen_steps[group]:
+            return 0.0
+        return max(self.min_factor, self.lr_lambda(step))
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch, i) for i, base in enumerate(self.base_lrs)]
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        for key in _CONFIGURED:
+            state.pop(key, None)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in _CONFIGURED})
 
 
 def no_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -60,11 +95,3 @@ def build_optimizer(
         param_groups.append({"params": decay, "weight_decay": weight_decay, "name": f"{name}/decay"})
         param_groups.append({"params": no_decay, "weight_decay": 0.0, "name": f"{name}/no_decay"})
     return torch.optim.AdamW(param_groups, lr=lr)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, factors: dict[str, Callable[[int], float]]
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """``LambdaLR`` with the factor of each group name (``"encoder"`` matches ``encoder/decay`` ...)."""
-    lambdas = [factors[group["name"].split("/")[0]] for group in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

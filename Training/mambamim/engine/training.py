@@ -31,7 +31,7 @@ from mambamim.data.intensity import CT_WINDOW, validate_intensity_spec
 from mambamim.engine.distributed import DistributedContext, init_distributed, shutdown_distributed, wrap_model
 from mambamim.engine.loop import LoopState, LossFn, TrainingLoop
 from mambamim.engine.monitor import TrainingMonitor
-from mambamim.engine.schedule import build_optimizer, build_scheduler, frozen_until, warmup_cosine
+from mambamim.engine.schedule import GroupWarmupCosine, build_optimizer
 from mambamim.engine.setup import (
     check_checkpoint_every,
     config_to_dict,
@@ -81,7 +81,7 @@ class TrainingConfig:
             raise InvalidInput(f"--epochs must be >= 1 and --lr > 0, got {self.epochs} and {self.lr}")
         if self.roi < CROP_MULTIPLE or self.roi % CROP_MULTIPLE:
             raise InvalidInput(
-                f"--crop-size must be a positive multiple of {CROP_MULTIPLE} (the encoder's stride), "
+                f"--roi-size must be a positive multiple of {CROP_MULTIPLE} (the encoder's stride), "
                 f"got {self.roi}"
             )
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
@@ -242,17 +242,13 @@ def _optimisation(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, LoopState]:
     """AdamW over the setup's parameter groups, warm-up/cosine per step (a frozen group at 0 for its
     epochs), and the loop's starting state, all restored from ``payload`` when resuming."""
-    schedule = warmup_cosine(
-        round(config.warmup_epochs * steps_per_epoch), steps_per_epoch * config.epochs, config.min_lr_factor
-    )
     groups = setup.param_groups or {"all": list(setup.model.named_parameters())}
     optimizer = build_optimizer(groups, config.lr, config.weight_decay)
-    factors = {
-        name: frozen_until(setup.frozen_epochs[name] * steps_per_epoch, schedule)
-        if setup.frozen_epochs.get(name) else schedule
-        for name in groups
-    }  # fmt: skip
-    scheduler = build_scheduler(optimizer, factors)
+    frozen = {name: epochs * steps_per_epoch for name, epochs in setup.frozen_epochs.items() if epochs}
+    scheduler = GroupWarmupCosine(
+        optimizer, round(config.warmup_epochs * steps_per_epoch), steps_per_epoch * config.epochs,
+        config.min_lr_factor, frozen=frozen,
+    )  # fmt: skip
     state = LoopState(extra=dict(setup.extra))
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])

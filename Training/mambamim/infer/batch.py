@@ -15,8 +15,8 @@ from typing import Any
 
 from mambamim.data.imageio import READ_SUFFIXES, image_suffix, is_dicom_folder, write_csv
 from mambamim.errors import InvalidInput
+from mambamim.infer.ensemble import Models, load_members
 from mambamim.infer.outputs.companions import plan_companions
-from mambamim.infer.package import LoadedPackage, load_package
 from mambamim.infer.progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent
 from mambamim.infer.segment import segment_file
 
@@ -63,7 +63,7 @@ def find_cases(
 def segment_folder(
     input_dir: str | Path,
     output_dir: str | Path,
-    model: str | Path | LoadedPackage,
+    model: Models,
     *,
     fmt: str = "nii.gz",
     overwrite: bool = False,
@@ -85,7 +85,11 @@ def segment_folder(
     csv_path = output_dir / TIMINGS_FILE
     if csv_path.exists() and not overwrite:
         raise FileExistsError(f"output {csv_path} already exists; pass --overwrite to replace it")
-    package = model if isinstance(model, LoadedPackage) else load_package(model)
+    package, saved = load_members(model)  # one package, or an ensemble of packages
+    if saved:
+        raise InvalidInput(
+            f"probability files ({saved[0].path}) belong to one case; batch mode takes packages"
+        )
     progress = progress or (lambda event: None)
     rows = []
     for index, case in enumerate(cases):

@@ -45,6 +45,7 @@ from mambamim.mim.model import MambaMIM, load_pretrain_checkpoint
 FORMATS = ("nii.gz", "nrrd")
 DEFAULT_SPACING = (1.5, 1.5, 1.5)
 DEFAULT_ROI = 96
+CROP_BATCH_VOXELS = 4 * 96**3
 
 
 @dataclass
@@ -92,6 +93,11 @@ def to_output_intensity(array: np.ndarray, intensity: dict[str, Any]) -> np.ndar
     return array
 
 
+def default_crop_batch(roi: int) -> int:
+    """Crops per forward pass: about as many voxels as 4 crops of 96³ (the paper's), 1..64 crops."""
+    return int(min(max(CROP_BATCH_VOXELS // roi**3, 1), 64))
+
+
 @torch.no_grad()
 def reconstruct_volume(
     model: MambaMIM,
@@ -102,12 +108,15 @@ def reconstruct_volume(
     device: torch.device,
     on_crop=None,
     cancel: CancelToken | None = None,
+    batch: int | None = None,
     raw_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Mask and reconstruct a model-space ``volume`` crop by crop.
+    """Mask and reconstruct a model-space ``volume``, ``batch`` crops per forward pass.
 
-    Returns ``(masked, reconstruction, mask uint8, masked MSE)`` arrays of ``volume``'s shape. When
-    given, ``raw_out`` (``volume``'s shape) receives the decoder's raw prediction (before per-patch
+    Returns ``(masked, reconstruction, mask uint8, masked MSE)`` arrays of ``volume``'s shape. The masks
+    are drawn for all crops up front, so the result does not depend on ``batch``; every crop masks the
+    same number of tokens, so the mean of the batch losses weighted by batch size is the mean over crops.
+    When given, ``raw_out`` (``volume``'s shape) receives the decoder's raw prediction (before per-patch
     de-normalisation).
     """
     shape = volume.shape
@@ -119,28 +128,32 @@ def reconstruct_volume(
     masks = random_token_mask(len(starts), grid, mask_ratio, torch.Generator().manual_seed(seed))
     masked_out, recon_out = np.zeros_like(padded), np.zeros_like(padded)
     mask_out = np.zeros(padded_shape, dtype=np.uint8)
+    batch = max(int(batch or default_crop_batch(roi)), 1)
     raw_padded = np.zeros_like(padded) if raw_out is not None else None
-    losses = []
-    for n, start in enumerate(starts):
+    loss_sum = 0.0
+    for first in range(0, len(starts), batch):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        region = tuple(slice(s, s + roi) for s in start)
-        x = torch.from_numpy(padded[region]).to(device)[None, None]
-        token_mask = masks[n : n + 1].to(device)
+        regions = [tuple(slice(s, s + roi) for s in start) for start in starts[first : first + batch]]
+        x = torch.from_numpy(np.stack([padded[region] for region in regions])).to(device)[:, None]
+        token_mask = masks[first : first + len(regions)].to(device)
         out = model(x, mask=token_mask)
         hidden = upsample_mask(token_mask, (roi,) * 3)
-        masked_out[region] = torch.where(hidden, torch.zeros_like(x), x)[0, 0].cpu().numpy()
-        recon_out[region] = torch.where(hidden, out.reconstruction, x)[0, 0].cpu().numpy()
-        mask_out[region] = hidden[0, 0].cpu().numpy()
-        if raw_padded is not None:
-            raw_padded[region] = out.prediction[0, 0].float().cpu().numpy()
-        losses.append(float(out.loss))
+        masked = torch.where(hidden, torch.zeros_like(x), x)[:, 0].cpu().numpy()
+        recon = torch.where(hidden, out.reconstruction, x)[:, 0].cpu().numpy()
+        hidden_np = hidden[:, 0].cpu().numpy()
+        raw = out.prediction[:, 0].float().cpu().numpy() if raw_padded is not None else None
+        for i, region in enumerate(regions):
+            masked_out[region], recon_out[region], mask_out[region] = masked[i], recon[i], hidden_np[i]
+            if raw is not None:
+                raw_padded[region] = raw[i]
+        loss_sum += float(out.loss) * len(regions)
         if on_crop is not None:
-            on_crop(n + 1, len(starts))
+            on_crop(first + len(regions), len(starts))
     crop = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
     if raw_out is not None:
         raw_out[...] = raw_padded[crop]
-    return masked_out[crop], recon_out[crop], mask_out[crop], float(np.mean(losses))
+    return masked_out[crop], recon_out[crop], mask_out[crop], loss_sum / len(starts)
 
 
 def reconstruct_file(
@@ -154,6 +167,7 @@ def reconstruct_file(
     cancel: CancelToken | None = None,
     fmt: str = "nii.gz",
     overwrite: bool = False,
+    batch: int | None = None,
     figure: FigureOptions | None = None,
 ) -> ReconstructResult:
     """Mask ``input_path`` at ``mask_ratio`` and reconstruct it with the MambaMIM ``checkpoint``.
@@ -161,6 +175,7 @@ def reconstruct_file(
     Writes the volumes listed in :func:`output_paths` on the input's exact grid plus the PNG figure.
     Refuses existing outputs unless ``overwrite`` (checked before any work); nothing is written when
     cancelled or on error. Progress: 10 % loading, 80 % reconstructing (per crop), 10 % writing.
+    ``batch``: crops per forward pass (default :func:`default_crop_batch`).
     ``figure``: format, resolution and raw-prediction column of the figure (:class:`FigureOptions`).
     """
     t_start = time.perf_counter()
@@ -189,7 +204,7 @@ def reconstruct_file(
 
     raw = np.zeros_like(volume) if figure.raw else None
     masked, recon, mask, mse = reconstruct_volume(
-        model, volume, roi, mask_ratio, seed, torch_device, on_crop, cancel, raw_out=raw
+        model, volume, roi, mask_ratio, seed, torch_device, on_crop, cancel, batch, raw_out=raw
     )
     if cancel is not None:
         cancel.raise_if_cancelled()

@@ -1,4 +1,6 @@
-"""Segment one volume with a model package: preprocess as the card says, sliding window, map back.
+"""Segment one volume with a model package (or an ensemble): preprocess as the card says, sliding
+window (optionally mirrored, :mod:`mambamim.infer.tta`), softmax, probabilities back onto the input grid
+and their argmax (:mod:`mambamim.infer.probabilities`).
 
 ``segment_image`` works on ``SimpleITK`` images in memory (what the Slicer logic and tests use);
 ``segment_file`` adds reading, the output-path checks, atomic writing and an optional comparison with
@@ -10,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,8 @@ from mambamim.cpu_memory import format_bytes
 from mambamim.data.imageio import check_output_path, read_image, write_image
 from mambamim.errors import InvalidInput, Unavailable
 from mambamim.infer.card import ModelCard
+from mambamim.infer.defaults import default_sw_batch
+from mambamim.infer.ensemble import Models, check_same_labels, load_members
 from mambamim.infer.input_checks import check_segmentation_input
 from mambamim.infer.memory import (
     MemoryEstimate,
@@ -31,10 +36,21 @@ from mambamim.infer.memory import (
     estimate_memory,
 )
 from mambamim.infer.outputs.companions import Companions, write_companions
-from mambamim.infer.package import LoadedPackage, load_package
-from mambamim.infer.preprocess import from_model_space, to_model_space
+from mambamim.infer.package import LoadedPackage
+from mambamim.infer.preprocess import to_model_space
+from mambamim.infer.probabilities import (
+    ModelGridProbabilities,
+    SavedProbabilities,
+    check_probability_path,
+    combine,
+    default_probability_path,
+    label_image,
+)
+from mambamim.infer.probabilities import check_same_grid as check_probability_grid
+from mambamim.infer.probabilities import save_probabilities as save_probabilities_file
 from mambamim.infer.progress import CancelToken, ProgressCallback, ProgressEvent, ProgressTracker
 from mambamim.infer.sliding_window import sliding_window_logits
+from mambamim.infer.tta import MirroredNetwork, mirror_combinations, use_tta
 from mambamim.infer.window_policy import plan_windows, window_count
 
 logger = logging.getLogger(__name__)
@@ -43,7 +59,6 @@ DEVICES = ("auto", "cuda", "cpu")
 # --fast: 1.5x coarser voxels (~3.4x fewer) and less window overlap; the ROI (network input) is unchanged.
 FAST_SPACING_FACTOR = 1.5
 FAST_OVERLAP = 0.25
-DEFAULT_SW_BATCH = {"cpu": 1, "cuda": 4}
 _STAGES = {"preprocess": 4.0, "inference": 90.0, "postprocess": 6.0}
 
 
@@ -61,6 +76,10 @@ class SegmentResult:
     memory_estimate: dict[str, int] = field(default_factory=dict)  # bytes per device, before the run
     windows: dict[str, Any] = field(default_factory=dict)  # policy, roi, overlap, count of the run
     output: Path | None = None
+    probabilities: np.ndarray | None = None  # (classes, Z, Y, X) on the input grid, when kept
+    members: list[str] = field(default_factory=list)  # packages and probability files averaged
+    tta_passes: int = 1  # network passes per window (8 with mirroring)
+    probability_file: Path | None = None
     companions: dict[str, Path] = field(default_factory=dict)  # .seg.nrrd, DICOM SEG, statistics, preview
 
 
@@ -89,13 +108,16 @@ def check_channels(card: ModelCard, package_path: str | Path) -> None:
 
 def segment_image(
     image: sitk.Image,
-    package: LoadedPackage,
+    package: LoadedPackage | Sequence[LoadedPackage],
     *,
     device: str = "auto",
     fast: bool = False,
     overlap: float | None = None,
     sw_batch_size: int | None = None,
     keep_largest: bool = False,
+    tta: bool | None = None,
+    saved: Sequence[SavedProbabilities] = (),
+    keep_probabilities: bool = False,
     modality: str | None = None,
     allow_label_map: bool = False,
     allow_other_modality: bool = False,
@@ -105,53 +127,129 @@ def segment_image(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> SegmentResult:
-    """Segment ``image`` with ``package``; see the module docstring.
+    """Segment ``image`` with ``package`` (or an ensemble of packages); see the module docstring.
 
     Before any work, label maps, another modality than the card's and volumes too small to segment are
     refused (:func:`mambamim.infer.input_checks.check_segmentation_input`; ``modality`` declares the
     input's modality, each ``allow_*`` turns one check off). ``source`` names the image in messages.
     ``window_policy``: see :mod:`mambamim.infer.window_policy` (an explicit ``overlap`` overrides the
-    policy's).
+    policy's). ``tta``: mirroring (:mod:`mambamim.infer.tta`; None = the device's default). Several
+    packages and ``saved`` probability files are averaged (:mod:`mambamim.infer.ensemble`); with
+    ``keep_probabilities`` the result carries the averaged probabilities on the input grid.
     """
     t_start = time.perf_counter()
-    card = package.card
-    check_channels(card, package.path)
-    check_segmentation_input(
-        image,
-        source,
-        card.input.modality,
-        modality=modality,
-        allow_label_map=allow_label_map,
-        allow_other_modality=allow_other_modality,
-        allow_small=allow_small,
+    packages = [package] if isinstance(package, LoadedPackage) else list(package)
+    if not packages and not saved:
+        raise InvalidInput("no model package given")
+    check_same_labels(
+        [(str(p.path), p.card.labels_as_dicts()) for p in packages] + [(str(s.path), s.labels) for s in saved]
     )
+    for item in saved:
+        check_probability_grid(item, image, source)
+    for member in packages:
+        check_channels(member.card, member.path)
+        check_segmentation_input(
+            image,
+            source,
+            member.card.input.modality,
+            modality=modality,
+            allow_label_map=allow_label_map,
+            allow_other_modality=allow_other_modality,
+            allow_small=allow_small,
+        )
     tracker = ProgressTracker(progress, _STAGES)
     notes: list[str] = []
+    sw_device = resolve_device(device)
+    mirrored = use_tta(tta, sw_device.type)
+    timings = {"preprocess": 0.0, "inference": 0.0}
+    predictions: list[ModelGridProbabilities] = []
+    runs: list[dict[str, Any]] = []
+    for index, member in enumerate(packages):
+        prefix = f"[model {index + 1}/{len(packages)}] " if len(packages) > 1 else ""
+
+        def update(stage: str, fraction: float, message: str, index: int = index, prefix: str = prefix):
+            if index > 0 and stage == "preprocess":  # later members: inside the inference stage
+                stage, fraction = "inference", 0.0
+            if stage == "inference":
+                fraction = (index + fraction) / len(packages)
+            # "window i/n" is the message GUIs parse: never prefixed
+            tracker.update(stage, fraction, message if message.startswith("window ") else prefix + message)
+
+        prediction, run = _predict(
+            image, member, sw_device, fast=fast, overlap=overlap, sw_batch_size=sw_batch_size,
+            tta=mirrored, window_policy=window_policy, update=update, notes=notes, cancel=cancel,
+            timings=timings,
+        )  # fmt: skip
+        predictions.append(prediction)
+        runs.append(run)
+
+    t = time.perf_counter()
+    tracker.update("postprocess", 0.0, "probabilities onto the input grid")
+    labels, probabilities = combine(predictions, saved, grid=image, keep_probabilities=keep_probabilities)
+    if keep_largest:
+        from mambamim.infer.postprocess import keep_largest_component
+
+        table = packages[0].card.labels_as_dicts() if packages else saved[0].labels
+        labels = keep_largest_component(labels, [label["value"] for label in table])
+    label_map = label_image(labels, image)
+    timings["postprocess"] = time.perf_counter() - t
+    tracker.update("postprocess", 1.0, "label map on the input grid")
+    first = runs[0] if runs else {"device": sw_device.type, "model_shape": (), "memory": {}, "windows": {}}
+    return SegmentResult(
+        labels=label_map,
+        seconds=time.perf_counter() - t_start,
+        timings=timings,
+        device=first["device"],
+        model_shape=first["model_shape"],
+        notes=notes,
+        memory_estimate=first["memory"],
+        windows=first["windows"],
+        tta_passes=len(mirror_combinations()) if mirrored and runs else 1,
+        probabilities=probabilities,
+        members=[str(p.path) for p in packages] + [str(s.path) for s in saved],
+    )
+
+
+def _predict(
+    image: sitk.Image,
+    package: LoadedPackage,
+    sw_device: torch.device,
+    *,
+    fast: bool,
+    overlap: float | None,
+    sw_batch_size: int | None,
+    tta: bool,
+    window_policy: str,
+    update: Callable[[str, float, str], None],
+    notes: list[str],
+    cancel: CancelToken | None,
+    timings: dict[str, float],
+) -> tuple[ModelGridProbabilities, dict[str, Any]]:
+    """One package's softmax probabilities on its model grid, and how the run went."""
+    card = package.card
 
     def report(message: str) -> None:
         notes.append(message)
         logger.warning(message)
-        tracker.update("inference", 0.0, message)
+        update("inference", 0.0, message)
 
     spacing = np.asarray(card.input.spacing, dtype=float)
     run_overlap = card.input.overlap
     if fast:
         spacing = spacing * FAST_SPACING_FACTOR
         run_overlap = min(run_overlap, FAST_OVERLAP)
-    sw_device = resolve_device(device)
-    timings: dict[str, float] = {}
 
-    tracker.update("preprocess", 0.0, f"resampling to {spacing.round(3).tolist()} mm")
+    update("preprocess", 0.0, f"resampling to {spacing.round(3).tolist()} mm")
     t = time.perf_counter()
     array, ref = to_model_space(image, spacing.tolist(), dict(card.input.intensity))
-    timings["preprocess"] = time.perf_counter() - t
-    tracker.update("preprocess", 1.0, f"model grid {list(array.shape)}")
+    timings["preprocess"] += time.perf_counter() - t
+    update("preprocess", 1.0, f"model grid {list(array.shape)}")
     if cancel is not None:
         cancel.raise_if_cancelled()
 
     network = package.model.to(sw_device).eval()
     num_classes = card.num_classes
-    batch = int(sw_batch_size or DEFAULT_SW_BATCH[sw_device.type])
+    batch = int(sw_batch_size or default_sw_batch(sw_device.type))
     card_roi = list(card.input.roi_size)
     per_voxel = activation_bytes_per_voxel(network, 1, card_roi)  # one probe pass, reused below
     plan = plan_windows(
@@ -167,25 +265,26 @@ def segment_image(
     roi = list(plan.roi)
     run_overlap = plan.overlap if overlap is None else float(overlap)
     # not "window ...": that prefix is the per-window progress message that GUIs parse
-    layout = f"sliding {roi} windows at overlap {run_overlap} ({plan.policy}: {plan.reason})"
-    tracker.update("inference", 0.0, layout)
+    mirroring = f", mirroring TTA x{len(mirror_combinations())}" if tta else ""
+    layout = f"sliding {roi} windows at overlap {run_overlap} ({plan.policy}: {plan.reason}){mirroring}"
+    update("inference", 0.0, layout)
     batch, stitch_device, estimate = _plan_memory(
         network, array.shape, roi, num_classes, sw_device, batch, report, per_voxel
     )
     needs = ", ".join(
         f"{format_bytes(estimate.needed_on(d))} on {d}" for d in sorted({sw_device.type, "cpu"})
     )
-    tracker.update("inference", 0.0, f"estimated memory: {needs}; sw_batch_size={batch}")
+    update("inference", 0.0, f"estimated memory: {needs}; sw_batch_size={batch}")
 
     def on_window(done: int, total: int) -> None:
-        tracker.update("inference", done / total, f"window {done}/{total}")
+        update("inference", done / total, f"window {done}/{total}")
 
     t = time.perf_counter()
     volume = torch.from_numpy(array)[None]
     del array
     logits = sliding_window_logits(
         volume,
-        network,
+        MirroredNetwork(network) if tta else network,
         roi,
         run_overlap,
         sw_batch_size=batch,
@@ -195,47 +294,36 @@ def segment_image(
         cancel=cancel,
         report=report,
     )
-    labels = logits.argmax(0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int32).cpu().numpy()
-    del logits, volume
-    timings["inference"] = time.perf_counter() - t
+    del volume
+    probabilities = torch.softmax(logits, dim=0).cpu().numpy()
+    del logits
+    timings["inference"] += time.perf_counter() - t
     if cancel is not None:
         cancel.raise_if_cancelled()
-
-    t = time.perf_counter()
-    tracker.update("postprocess", 0.0, "post-processing")
-    if keep_largest:
-        from mambamim.infer.postprocess import keep_largest_component  # SciPy, only when asked for
-
-        labels = keep_largest_component(labels, card.label_values)
-    label_image = from_model_space(labels, ref, is_label=True)
-    timings["postprocess"] = time.perf_counter() - t
-    tracker.update("postprocess", 1.0, "label map on the input grid")
-    return SegmentResult(
-        labels=label_image,
-        seconds=time.perf_counter() - t_start,
-        timings=timings,
-        device=f"{sw_device.type} (stitching on {stitch_device.type})"
+    run = {
+        "device": f"{sw_device.type} (stitching on {stitch_device.type})"
         if stitch_device != sw_device
         else sw_device.type,
-        model_shape=tuple(ref.model_size),
-        notes=notes,
-        memory_estimate={d: estimate.needed_on(d) for d in {estimate.network_device, estimate.stitch_device}},
-        windows={
+        "model_shape": tuple(ref.model_size),
+        "memory": {d: estimate.needed_on(d) for d in {estimate.network_device, estimate.stitch_device}},
+        "windows": {
             "policy": plan.policy,
             "roi": roi,
             "overlap": run_overlap,
             "count": window_count(ref.model_size, roi, run_overlap),
         },
-    )
+    }
+    return ModelGridProbabilities(probabilities, ref), run
 
 
 def segment_file(
     input_path: str | Path,
     output_path: str | Path,
-    model: str | Path | LoadedPackage,
+    model: Models,
     *,
     overwrite: bool = False,
     reference: str | Path | None = None,
+    save_probabilities: str | Path | bool | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     companions: Companions | None = None,
@@ -244,11 +332,20 @@ def segment_file(
     """Read ``input_path``, segment it, write the label map atomically to ``output_path``.
 
     ``options`` are those of :func:`segment_image`. With ``reference`` (a label map on the input grid)
-    the result carries per-organ Dice / HD95 in ``metrics``. Progress: 5 % reading, 90 % segmenting,
-    5 % writing; nothing is written when cancelled or on error. ``companions``: the files written beside
-    the label map (:mod:`mambamim.infer.outputs.companions`), checked before any work.
+    the result carries per-organ Dice / HD95 in ``metrics``. ``model``: a package, or several packages
+    and ``.npz`` probability files to average (:mod:`mambamim.infer.ensemble`). ``save_probabilities``:
+    a ``.npz`` path, or True for ``<output>.probabilities.npz`` beside the label map
+    (:mod:`mambamim.infer.probabilities`). ``companions``: the files written beside the label map
+    (:mod:`mambamim.infer.outputs.companions`), checked before any work. Progress: 5 % reading, 90 %
+    segmenting, 5 % writing; nothing is written when cancelled or on error.
     """
     output_path = check_output_path(output_path, overwrite)
+    probability_path = None
+    if save_probabilities:
+        probability_path = check_probability_path(
+            default_probability_path(output_path) if save_probabilities is True else save_probabilities,
+            overwrite,
+        )
     if companions is not None:
         companions.check(output_path, overwrite)
     t_start = time.perf_counter()
@@ -258,15 +355,17 @@ def segment_file(
     image = read_image(input_path)
     read_s = time.perf_counter() - t
     t = time.perf_counter()
-    package = model if isinstance(model, LoadedPackage) else load_package(model)
+    packages, saved = load_members(model)
     load_s = time.perf_counter() - t
+    labels_table = packages[0].card.labels_as_dicts() if packages else saved[0].labels
     reference_image = None
     if reference is not None:
         from mambamim.infer.evaluate import check_same_grid
 
         reference_image = read_image(reference, allow_constant=True)
         check_same_grid(image, reference_image, where=f"input {input_path}")
-    progress(ProgressEvent("load", 0.05, None, f"model {package.card.name} {package.card.version}"))
+    names = [f"{p.card.name} {p.card.version}" for p in packages] + [s.path.name for s in saved]
+    progress(ProgressEvent("load", 0.05, None, f"model {', '.join(names)}"))
     if cancel is not None:
         cancel.raise_if_cancelled()
 
@@ -274,22 +373,31 @@ def segment_file(
         progress(ProgressEvent(event.stage, 0.05 + 0.9 * event.fraction, event.eta_s, event.message))
 
     options.setdefault("source", str(input_path))
-    result = segment_image(image, package, progress=inner, cancel=cancel, **options)
+    result = segment_image(
+        image, packages, saved=saved, keep_probabilities=probability_path is not None, progress=inner,
+        cancel=cancel, **options,
+    )  # fmt: skip
     if cancel is not None:
         cancel.raise_if_cancelled()
     check_output_path(output_path, overwrite)  # again: the folder may have changed during the run
     progress(ProgressEvent("write", 0.95, None, f"writing {output_path}"))
     t = time.perf_counter()
     result.output = write_image(result.labels, output_path, overwrite=overwrite)
-    if companions is not None:
-        try:
+    try:
+        if probability_path is not None:
+            result.probability_file = save_probabilities_file(
+                probability_path, result.probabilities, labels_table, image, result.members, overwrite
+            )
+        if companions is not None:
             result.companions = write_companions(
-                companions, result.labels, image, package.card, input_path,
+                companions, result.labels, image, output_card(packages, saved), input_path,
                 overwrite=overwrite, notes=result.notes,
             )  # fmt: skip
-        except BaseException:
-            result.output.unlink(missing_ok=True)  # all or nothing
-            raise
+    except BaseException:
+        result.output.unlink(missing_ok=True)  # all or nothing
+        if result.probability_file is not None:
+            result.probability_file.unlink(missing_ok=True)
+        raise
     result.timings = {
         "read": read_s,
         "load_model": load_s,
@@ -300,10 +408,35 @@ def segment_file(
         from mambamim.infer.evaluate import compare_label_maps
 
         result.metrics = compare_label_maps(
-            result.labels, reference_image, package.card.labels_as_dicts(), hd95=False
+            result.labels, reference_image, labels_table, hd95=False
         )
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def output_card(packages: Sequence[LoadedPackage], saved: Sequence[SavedProbabilities]) -> ModelCard:
+    """The card that describes the result's files: the first package's; for probability files alone a
+    stand-in with their label table (no intensity window: previews use percentiles)."""
+    if packages:
+        return packages[0].card
+    from mambamim.infer.card import Architecture, InputSpec, Label
+
+    first = saved[0]
+    return ModelCard(
+        name="ensemble of probability files",
+        version="",
+        architecture=Architecture("", MappingProxyType({})),
+        input=InputSpec(
+            channels=1, modality="CT", spacing=tuple(first.grid.GetSpacing()),
+            intensity=MappingProxyType({"type": "zscore"}), roi_size=(1, 1, 1), overlap=0.0,
+        ),
+        labels=tuple(
+            Label(int(e["value"]), str(e["name"]), tuple(e.get("color") or (128, 128, 128)), e.get("snomed"))
+            for e in first.labels
+        ),
+        weights_file="",
+        weights_sha256="",
+    )
 
 
 def _plan_memory(
