@@ -52,6 +52,23 @@ def sample_ct(data_dir: Path) -> Path:
     return data_dir / "ct_abdomen" / "ct.nii.gz"
 
 
+@pytest.fixture
+def small_ct(sample_ct: Path, tmp_path: Path) -> Path:
+    """The sample CT at 6 mm (61x51x56): small enough for many runs."""
+    from mambamim.data.imageio import read_image, write_image
+
+    return write_image(read_image(sample_ct)[::2, ::2, ::2], tmp_path / "inputs" / "ct.nii.gz")
+
+
+@pytest.fixture
+def threshold_pkg(tmp_path: Path, monkeypatch) -> Path:
+    """A package of the intensity-threshold stand-in network at 6 mm (``infer_helpers``): exact labels."""
+    from infer_helpers import make_threshold_package, register_threshold_model
+
+    register_threshold_model(monkeypatch)
+    return make_threshold_package(tmp_path / "pkg", spacing=(6.0, 6.0, 6.0))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     if torch is not None:

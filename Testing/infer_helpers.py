@@ -84,3 +84,14 @@ def expected_labels(image: sitk.Image) -> np.ndarray:
 def dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
     a, b = a == value, b == value
     return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def run_segment(argv: list[str]) -> int:
+    """``mambamim segment`` in this process (its errors raise, as ``cli.main`` would catch them)."""
+    import argparse
+
+    from mambamim.commands import segment as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))

@@ -8,7 +8,6 @@ temporary folder, which the test points at an empty folder of its own).
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -27,7 +26,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from infer_helpers import make_threshold_package, register_threshold_model
+from infer_helpers import make_threshold_package, register_threshold_model, run_segment
 from mambamim.data.imageio import read_image, write_image
 from mambamim.infer import package as package_module
 from mambamim.infer import segment as segment_module
@@ -59,14 +58,6 @@ def out_dir(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
     return folder
-
-
-def run_segment(argv: list[str]) -> int:
-    from mambamim.commands import segment as command
-
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    return command.run(parser.parse_args(argv))
 
 
 def segment_args(pkg: Path, source: Path, out_dir: Path, *extra: str) -> list[str]:

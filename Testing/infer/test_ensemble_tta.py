@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from infer_helpers import make_threshold_package, register_threshold_model
-from mambamim.data.imageio import read_image, write_image
+from infer_helpers import make_threshold_package, run_segment
+from mambamim.data.imageio import read_image
 from mambamim.infer.package import load_package
 from mambamim.infer.preprocess import from_model_space, to_model_space
 from mambamim.infer.probabilities import default_probability_path, load_probabilities
 from mambamim.infer.segment import segment_file, segment_image
 from mambamim.infer.tta import MirroredNetwork, mirror_combinations, use_tta
 from torch import nn
-
-
-@pytest.fixture
-def small_ct(sample_ct, tmp_path):
-    """The sample CT at 6 mm (61x51x56)."""
-    return write_image(read_image(sample_ct)[::2, ::2, ::2], tmp_path / "inputs" / "ct.nii.gz")
-
-
-@pytest.fixture
-def threshold_pkg(tmp_path, monkeypatch):
-    register_threshold_model(monkeypatch)
-    return make_threshold_package(tmp_path / "pkg", spacing=(6.0, 6.0, 6.0))
-
-
-def run_segment(argv: list[str]) -> int:
-    from mambamim.commands import segment as command
-
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    return command.run(parser.parse_args(argv))
-
 
 # --- test-time augmentation -------------------------------------------------------------------------
 

@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from infer_helpers import ThresholdNet, expected_labels, make_threshold_package, register_threshold_model
+from infer_helpers import (
+    ThresholdNet,
+    expected_labels,
+    run_segment,
+)
 from mambamim.data.imageio import read_image, write_image
 from mambamim.infer.package import load_package
 from mambamim.infer.progress import Cancelled, CancelToken
 from mambamim.infer.segment import segment_file, segment_image
 from mambamim.infer.sliding_window import sliding_window_logits
-
-
-@pytest.fixture
-def small_ct(sample_ct, tmp_path):
-    """The sample CT at 6 mm (61x51x56): small enough for many runs."""
-    return write_image(read_image(sample_ct)[::2, ::2, ::2], tmp_path / "inputs" / "ct.nii.gz")
-
-
-@pytest.fixture
-def threshold_pkg(tmp_path, monkeypatch):
-    register_threshold_model(monkeypatch)
-    return make_threshold_package(tmp_path / "pkg", spacing=(6.0, 6.0, 6.0))
-
-
-def run_segment(argv: list[str]) -> int:
-    from mambamim.commands import segment as command
-
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    return command.run(parser.parse_args(argv))
 
 
 def test_cancel_after_first_window_writes_nothing(small_ct, threshold_pkg, tmp_path):

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from infer_helpers import make_threshold_package, register_threshold_model
+from infer_helpers import run_segment
 from mambamim.data.imageio import read_image
-
-
-@pytest.fixture
-def threshold_pkg(tmp_path, monkeypatch):
-    register_threshold_model(monkeypatch)
-    return make_threshold_package(tmp_path / "pkg", spacing=(6.0, 6.0, 6.0))
-
-
-def run_segment(argv: list[str]) -> int:
-    from mambamim.commands import segment as command
-
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    return command.run(parser.parse_args(argv))
 
 
 def test_dicom_input_gets_seg_nrrd_dicom_seg_statistics_preview(data_dir, threshold_pkg, tmp_path, capsys):
