@@ -172,7 +172,8 @@ def save_reconstruction_figure(
                 ax.set_ylabel(plane, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
-    fig.text(0.01, 0.08 / fig.get_figheight(), footer_text(info, masked_error), fontsize=6.5, va="bottom")
+    footer = footer_text(info, masked_error)  # wrapped: its first line is wider than a 3-column figure
+    fig.text(0.01, 0.08 / fig.get_figheight(), footer, fontsize=6.5, va="bottom", wrap=True)
     with safe_write(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=fmt)
     return path
