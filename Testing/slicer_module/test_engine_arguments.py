@@ -44,11 +44,11 @@ def engine_parse(command: list[str]) -> tuple[dict, str]:
 
 
 def test_segment_and_reconstruct_commands_parse_without_deprecation(
-    logic, small_ct_node, tiny_package, tmp_path, monkeypatch
+    logic, small_ct_node, demo_package, tmp_path, monkeypatch
 ):
     commands = capture(logic, monkeypatch)
     with pytest.raises(Captured):
-        logic.startSegmentation(small_ct_node, tiny_package, device="cpu", fast=True, overlap=0.25)
+        logic.startSegmentation(small_ct_node, demo_package, device="cpu", fast=True, overlap=0.25)
     checkpoint = tmp_path / "last.pt"
     checkpoint.write_bytes(b"")
     with pytest.raises(Captured):
@@ -57,7 +57,7 @@ def test_segment_and_reconstruct_commands_parse_without_deprecation(
     args, err = engine_parse(segment)
     assert "deprecated" not in err
     assert args["command"] == "segment" and args["fast"] == "True" and args["overlap"] == "0.25"
-    assert args["progress"] == "json" and args["model"] == str([tiny_package])
+    assert args["progress"] == "json" and args["model"] == str([demo_package])
     args, err = engine_parse(reconstruct)
     assert "deprecated" not in err
     assert args["command"] == "reconstruct" and args["mask_ratio"] == "0.6" and args["format"] == "nrrd"

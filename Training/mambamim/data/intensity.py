@@ -13,12 +13,14 @@ at training and at inference time:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mambamim.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import torch
 
 CT_WINDOW: dict[str, Any] = {"type": "window", "lower": -175.0, "upper": 250.0}
 MR_ZSCORE: dict[str, Any] = {"type": "zscore"}
@@ -90,6 +92,8 @@ def is_legacy_intensity(text: str) -> bool:
 
 def normalize_intensity(volume: np.ndarray | torch.Tensor, spec: dict[str, Any]) -> np.ndarray | torch.Tensor:
     """Apply ``spec`` to ``volume`` (any shape); returns float32 of the same kind (numpy or torch)."""
+    import torch  # here, not at import: the model card and the command-line help read this module
+
     spec = validate_intensity_spec(spec)
     is_numpy = isinstance(volume, np.ndarray)
     x = torch.as_tensor(volume).to(torch.float32)

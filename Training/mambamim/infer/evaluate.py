@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from mambamim.data.imageio import READ_SUFFIXES, image_suffix, is_dicom_folder, read_image, write_csv
 from mambamim.errors import InvalidInput
@@ -263,6 +262,7 @@ def _scores(
     pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], hd95: bool, tolerance_mm: float
 ) -> tuple[float, float, float | None]:
     """Dice, NSD at ``tolerance_mm`` and (when asked for) HD95 of two non-empty binary masks."""
+    import torch  # here, not at import: the command-line help reads this module's defaults without torch
     from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
     # Crop to the union's bounding box (+1 voxel) so HD95's distance transforms stay small.
