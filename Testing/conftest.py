@@ -69,6 +69,25 @@ def threshold_pkg(tmp_path: Path, monkeypatch) -> Path:
     return make_threshold_package(tmp_path / "pkg", spacing=(6.0, 6.0, 6.0))
 
 
+@pytest.fixture
+def liver_dataset(tmp_path: Path, data_dir: Path) -> Path:
+    """The sample CT with its liver label (BTCV value 6) as a 2-class, one-case task: learnable in a few
+    dozen steps; validation runs on the training scan."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    folder = data_dir / "ct_abdomen"
+    btcv = nib.load(folder / "ct_labels_btcv13.nii.gz")
+    liver = (np.asarray(btcv.dataobj) == 6).astype(np.uint8)
+    nib.save(nib.Nifti1Image(liver, btcv.affine), tmp_path / "liver.nii.gz")
+    path = tmp_path / "dataset.json"
+    pair = {"image": str(folder / "ct.nii.gz"), "label": str(tmp_path / "liver.nii.gz")}
+    path.write_text(json.dumps({"labels": {"0": "background", "1": "liver"}, "training": [pair]}))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     if torch is not None:

@@ -25,22 +25,6 @@ from mambamim.nn import build_model
 TINY_HYMAMBA = PRESETS["tiny"]["model"]
 
 
-@pytest.fixture
-def liver_dataset(tmp_path, data_dir):
-    """The sample CT with its liver label (BTCV value 6) as a 2-class task: learnable in a few dozen steps."""
-    import nibabel as nib
-    import numpy as np
-
-    folder = data_dir / "ct_abdomen"
-    btcv = nib.load(folder / "ct_labels_btcv13.nii.gz")
-    liver = (np.asarray(btcv.dataobj) == 6).astype(np.uint8)
-    nib.save(nib.Nifti1Image(liver, btcv.affine), tmp_path / "liver.nii.gz")
-    path = tmp_path / "dataset.json"
-    pair = {"image": str(folder / "ct.nii.gz"), "label": str(tmp_path / "liver.nii.gz")}
-    path.write_text(json.dumps({"labels": {"0": "background", "1": "liver"}, "training": [pair]}))
-    return path
-
-
 @pytest.mark.slow
 def test_finetuning_raises_validation_dice_and_writes_a_package(tmp_path, liver_dataset):
     from mambamim.infer.package import load_package

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 
 import pytest
@@ -117,22 +116,6 @@ def _assert_png(path):
         assert image.format == "PNG" and image.size == (900, 800)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 10  # curves were drawn, not a blank canvas
-
-
-@pytest.fixture
-def liver_dataset(tmp_path, data_dir):
-    """The sample CT with its liver label (BTCV 6) as one case: validation on the training scan."""
-    import nibabel as nib
-    import numpy as np
-
-    folder = data_dir / "ct_abdomen"
-    btcv = nib.load(folder / "ct_labels_btcv13.nii.gz")
-    liver = (np.asarray(btcv.dataobj) == 6).astype(np.uint8)
-    nib.save(nib.Nifti1Image(liver, btcv.affine), tmp_path / "liver.nii.gz")
-    path = tmp_path / "dataset.json"
-    pair = {"image": str(folder / "ct.nii.gz"), "label": str(tmp_path / "liver.nii.gz")}
-    path.write_text(json.dumps({"labels": {"0": "background", "1": "liver"}, "training": [pair]}))
-    return path
 
 
 @pytest.mark.slow
